@@ -1,0 +1,1 @@
+"""forge (placeholder; public surface comes with the core)."""

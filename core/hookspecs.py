@@ -1,0 +1,115 @@
+"""Every hook a forge plugin can implement, grouped by the build phase that calls it.
+
+Registration and configuration hooks are ``historic`` so a plugin registered late (from
+``[plugins]`` in WORKSPACE.toml) still sees them; "give me the one X" hooks are
+``firstresult``. Never both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from forge.core.actions import Action, ActionResult
+    from forge.core.platforms import Platform
+    from forge.core.registry import ExecutorRegistry, RuleRegistry
+    from forge.core.workspace import Workspace
+
+hookspec = pluggy.HookspecMarker("forge")
+
+# -- configure ------------------------------------------------------------------------
+
+
+@hookspec
+def forge_configure(workspace: Workspace, config: dict[str, Any]) -> None:
+    """Called once the workspace is loaded, with this plugin's ``[plugins.<name>]`` table.
+
+    forge calls each implementation with its own table (not historic: every plugin is
+    registered before the workspace is configured).
+
+    :param workspace: the loaded workspace (root, cache dir, sections).
+    :param config: the plugin's own table (empty when absent); validate it and raise
+        ``forge.ConfigError`` naming the key on a mistake.
+    :returns: nothing.
+    """
+
+
+# -- rules ----------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def forge_register_rules(registry: RuleRegistry) -> None:
+    """Called at start-up so the plugin can add its rule classes.
+
+    :param registry: call ``registry.add(RuleClass)``; a duplicate name is refused.
+    :returns: nothing.
+    """
+
+
+# -- execute --------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def forge_register_executors(registry: ExecutorRegistry) -> None:
+    """Called at start-up so the plugin can add executors (what runs containers).
+
+    :param registry: call ``registry.add(name, factory)``; ``factory(workspace)``
+        returns the executor object, created lazily on first use.
+    :returns: nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def forge_prepare_platform(platform: Platform, executor: str, workspace: Workspace) -> str | None:
+    """Called before the first action that must *execute* on ``platform`` runs.
+
+    A plugin that can make the platform runnable (QEMU binfmt, a native remote engine)
+    does so and returns a one-line description of how; when the platform cannot be made
+    runnable it raises ``forge.PlatformError`` with the exact fix.
+    Stops at the first non-None result. No result at all means "native".
+
+    :param platform: the normalized target platform.
+    :param executor: the executor name that will run the action (e.g. ``docker``).
+    :param workspace: the loaded workspace.
+    :returns: a description, or None when this plugin has nothing to do for it.
+    """
+
+
+# -- cache ----------------------------------------------------------------------------
+
+
+@hookspec
+def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[Any] | None:
+    """Called once per build to collect remote cache backends.
+
+    :param workspace: the loaded workspace; ``[remote_cache]`` is in its sections.
+    :param options: command-line overrides: ``url``, ``read``, ``write``, ``enabled``,
+        ``required``, ``insecure``.
+    :returns: a list of objects with ``lookup(key, cas) -> ActionResult | None``,
+        ``upload(key, result, cas)`` and ``describe() -> str``, or None.
+    """
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+@hookspec
+def forge_action_started(action: Action) -> None:
+    """Called when an action starts executing (not for cache hits).
+
+    :param action: the action.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def forge_action_finished(action: Action, result: ActionResult | None, status: str) -> None:
+    """Called when an action is done: built, cached-local, cached-remote or failed.
+
+    :param action: the action.
+    :param result: its result (None when it failed).
+    :param status: one of ``built``, ``cached-local``, ``cached-remote``, ``failed``.
+    :returns: nothing.
+    """

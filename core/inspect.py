@@ -1,0 +1,75 @@
+"""Read-only views for people: ``forge rules`` and ``forge explain``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from forge.core.analysis import action_graph
+from forge.core.errors import ForgeError, did_you_mean
+from forge.core.explain import diff_manifests
+from forge.core.registry import RuleRegistry
+
+if TYPE_CHECKING:
+    from forge.core.session import Session
+
+
+def describe_rules(registry: RuleRegistry, names: list[str]) -> str:
+    wanted = names or registry.names()
+    out: list[str] = []
+    for name in wanted:
+        if name not in registry.names():
+            raise ForgeError(f"unknown rule '{name}'{did_you_mean(name, registry.names())}")
+        rule = registry.get(name)
+        out.append(f"{name}(name, {', '.join(rule.attrs)})")
+        doc = (rule.doc or rule.__doc__ or "").strip()
+        if doc:
+            out.extend(f"    {line}" for line in doc.splitlines())
+        for attr_name, attr in rule.attrs.items():
+            out.append(f"  {attr_name:22} {attr.kind:12} {attr.describe_default()}")
+            if attr.doc:
+                out.append(f"      {attr.doc}")
+            if attr.example:
+                out.append(f"      e.g. {attr.example}")
+        out.append("")
+    return "\n".join(out)
+
+
+def explain_target(session: Session, text: str) -> Iterator[str]:
+    """For each action of the target and its dependencies: up to date, or what changed."""
+    from forge.core.execution import Scheduler
+
+    targets, _ = session.analyze([text])
+    graph = action_graph(targets)
+    previous = session.previous_keys()
+    scheduler = Scheduler(session, graph, jobs=1)
+    unknown: set = set()
+    for action in nx.lexicographical_topological_sort(graph, key=lambda a: a.id):
+        flag = "" if action.hermetic else "  [non-hermetic: uses the network]"
+        head = f"{action.id}{flag}"
+        if any(d in unknown for d in action.deps):
+            unknown.add(action)
+            yield f"{head}: would rebuild (a dependency would rebuild)"
+            continue
+        key = scheduler.compute_key(action)
+        record = scheduler.manifests[action.id]
+        old = previous.get(action.id)
+        dep_names = record["deps"]
+        hit = session.action_cache.lookup(key)
+        if hit is not None:
+            scheduler.results[action] = hit
+            if old and old.get("key") == key and old.get("status") == "built" and old.get("previous"):
+                reasons = diff_manifests(old["previous"]["manifest"], record["manifest"], dep_names)
+                yield f"{head}: up to date; it rebuilt last time because:"
+                yield from (f"    - {r}" for r in reasons)
+            else:
+                yield f"{head}: up to date (cached, key {key[:12]})"
+            continue
+        unknown.add(action)
+        reasons = diff_manifests(old["manifest"] if old else None, record["manifest"], dep_names)
+        if old and old.get("key") == key:
+            reasons = ["its result is no longer in the cache (gc, clean or a corrupt blob)"]
+        yield f"{head}: would rebuild because:"
+        yield from (f"    - {r}" for r in reasons or ["no previous record to compare"])

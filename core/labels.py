@@ -1,0 +1,100 @@
+"""Bazel-style labels and target patterns.
+
+``//pkg/sub:name`` names one target; ``//pkg`` means ``//pkg:pkg``; ``:name`` is relative
+to the package of the BUILD file that wrote it. Patterns select many: ``//pkg:all``,
+``//pkg/...``, ``//...``. Labels are values (frozen, ordered, hashable) so they can key
+dicts and graph nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from forge.core.errors import LabelError
+
+_PKG_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.+\-@=,~][A-Za-z0-9_.+\-@=,~/]*$")
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    package: str  # "" for the workspace root
+    name: str
+
+    def __str__(self) -> str:
+        return f"//{self.package}:{self.name}"
+
+    @property
+    def short(self) -> str:
+        """``//pkg`` when the name equals the last package component, else the full label."""
+        last = self.package.rsplit("/", 1)[-1]
+        return f"//{self.package}" if self.package and last == self.name else str(self)
+
+
+def _check_package(pkg: str, text: str) -> str:
+    if pkg and (not _PKG_RE.match(pkg) or any(p in (".", "..") for p in pkg.split("/"))):
+        raise LabelError(f"invalid package in label {text!r}: {pkg!r}")
+    return pkg
+
+
+def _check_name(name: str, text: str) -> str:
+    if not name or not _NAME_RE.match(name) or ".." in name.split("/"):
+        raise LabelError(f"invalid target name in label {text!r}: {name!r}")
+    return name
+
+
+def parse_label(text: str, current_package: str | None = None) -> Label:
+    """Parse an absolute label, or a relative ``:name``/``name`` inside ``current_package``."""
+    if not isinstance(text, str) or not text:
+        raise LabelError(f"empty or non-string label: {text!r}")
+    if text.startswith("@"):
+        raise LabelError(f"external repositories are not supported: {text!r}")
+    if text.startswith("//"):
+        body = text[2:]
+        pkg, sep, name = body.partition(":")
+        if not sep:
+            name = pkg.rsplit("/", 1)[-1]
+            if not name:
+                raise LabelError(f"label {text!r} names no target; write //:name")
+        return Label(_check_package(pkg.rstrip("/"), text), _check_name(name, text))
+    if current_package is None:
+        raise LabelError(f"label {text!r} must be absolute (start with //)")
+    name = text[1:] if text.startswith(":") else text
+    return Label(current_package, _check_name(name, text))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A target pattern: one label, all targets of a package, or a package tree."""
+
+    package: str
+    name: str | None  # None with recursive=False means ":all"
+    recursive: bool = False
+
+    def __str__(self) -> str:
+        if self.recursive:
+            return f"//{self.package}/..." if self.package else "//..."
+        return f"//{self.package}:{self.name or 'all'}"
+
+    def matches_package(self, pkg: str) -> bool:
+        if self.recursive:
+            return not self.package or pkg == self.package or pkg.startswith(self.package + "/")
+        return pkg == self.package
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse ``//pkg:name``, ``//pkg``, ``//pkg:all``, ``//pkg:*``, ``//pkg/...``, ``//...``."""
+    if not text.startswith("//"):
+        if text.startswith(":") or not text.startswith("/"):
+            raise LabelError(f"pattern {text!r} must start with // (e.g. //{text.lstrip(':/')})")
+        raise LabelError(f"pattern {text!r} must start with //")
+    body = text[2:]
+    if body == "..." or body.endswith("/..."):
+        pkg = body[: -len("...")].rstrip("/")
+        return Pattern(_check_package(pkg, text), None, recursive=True)
+    pkg, sep, name = body.partition(":")
+    if sep and name in ("all", "*", "all-targets"):
+        return Pattern(_check_package(pkg, text), None)
+    label = parse_label(text)
+    return Pattern(label.package, label.name)

@@ -1,0 +1,206 @@
+"""How a build shows itself: live progress on a terminal, plain lines in CI, JSON Lines
+for machines, and the summary table at the end.
+
+Reporters receive events from the scheduler (possibly from worker threads) and must be
+cheap: a null build of thousands of actions goes through ``action_finished`` for each.
+``rich`` is imported only by the live reporter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from forge.core.actions import Action
+    from forge.core.execution import Outcome
+    from forge.core.session import TargetSummary
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class Reporter:
+    """Base reporter: ignores everything. Subclasses override what they show."""
+
+    def build_started(self, total: int) -> None: ...
+    def action_started(self, action: Action) -> None: ...
+    def action_log(self, action: Action, line: str) -> None: ...
+    def action_finished(self, outcome: Outcome) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def build_finished(self, summaries: list[TargetSummary], seconds: float, counts: dict[str, int]) -> None: ...
+
+
+NullReporter = Reporter
+
+
+def summary_json(summaries: list[TargetSummary], seconds: float, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "event": "summary",
+        "seconds": round(seconds, 3),
+        "counts": counts,
+        "targets": [
+            {
+                "label": str(s.label), "platform": s.platform, "status": s.status,
+                "seconds": round(s.seconds, 3), "digest": s.digest, "size": s.size,
+                "outputs": s.outputs, "path": s.path, "hermetic": s.hermetic,
+            }
+            for s in summaries
+        ],
+    }
+
+
+class PlainReporter(Reporter):
+    """One line per event: for CI logs and pipes."""
+
+    def __init__(self, stream: IO[str] | None = None, show_logs: bool = True):
+        self.stream = stream or sys.stderr
+        self.show_logs = show_logs
+        self._lock = threading.Lock()
+        self.done = 0
+        self.total = 0
+
+    def _print(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream, flush=True)
+
+    def build_started(self, total: int) -> None:
+        self.total = total
+
+    def action_started(self, action: Action) -> None:
+        self._print(f"[start] {action}")
+
+    def action_log(self, action: Action, line: str) -> None:
+        if self.show_logs:
+            self._print(f"  {action.label} | {line}")
+
+    def action_finished(self, outcome: Outcome) -> None:
+        self.done += 1
+        if outcome.status in ("built", "failed", "cached-remote"):
+            extra = f": {outcome.error}" if outcome.error else ""
+            self._print(f"[{self.done}/{self.total}] {outcome.status} {outcome.action} "
+                        f"({outcome.seconds:.1f}s){extra}")
+
+    def warning(self, message: str) -> None:
+        self._print(f"WARNING: {message}")
+
+    def build_finished(self, summaries, seconds, counts) -> None:
+        self._print(
+            f"{len(summaries)} target(s) in {seconds:.2f}s: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        )
+        for s in summaries:
+            flag = "" if s.hermetic else " (non-hermetic)"
+            self._print(f"  {s.label}  {s.platform or '-'}  {s.status}{flag}  {s.seconds:.1f}s  "
+                        f"{s.digest[:19] or '-'}  {human_size(s.size)}")
+
+
+class JsonReporter(Reporter):
+    """JSON Lines on stdout: one object per action, a summary object last."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def _emit(self, obj: dict[str, Any]) -> None:
+        with self._lock:
+            self.stream.write(json.dumps(obj, sort_keys=True) + "\n")
+            self.stream.flush()
+
+    def action_finished(self, outcome: Outcome) -> None:
+        a = outcome.action
+        event = {
+            "event": "action", "label": str(a.label), "mnemonic": a.mnemonic, "id": a.id,
+            "description": a.description, "key": outcome.key, "status": outcome.status,
+            "seconds": round(outcome.seconds, 4),
+            "platform": str(a.platform) if a.platform else None, "hermetic": a.hermetic,
+        }
+        if outcome.error:
+            event["error"] = outcome.error
+        if outcome.result is not None:
+            event["outputs"] = outcome.result.outputs
+        self._emit(event)
+
+    def warning(self, message: str) -> None:
+        self._emit({"event": "warning", "message": message})
+
+    def build_finished(self, summaries, seconds, counts) -> None:
+        self._emit(summary_json(summaries, seconds, counts))
+
+
+class LiveReporter(Reporter):
+    """rich live view: running actions with elapsed time, counts, last log line."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(stderr=True)
+        self._running: dict[Any, tuple[float, str]] = {}
+        self._counts: dict[str, int] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+        self._live = Live(console=self.console, refresh_per_second=8, transient=True,
+                          get_renderable=self._render)
+
+    def _render(self):
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 1))
+        done = sum(self._counts.values())
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(self._counts.items())) or "starting"
+        table.add_row(f"[bold]forge[/] {done}/{self._total} actions: {counts}")
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running.items())
+        for action, (start, last) in running[:12]:
+            table.add_row(f"  [cyan]{now - start:5.1f}s[/] {action}  [dim]{last[:80]}[/]")
+        return table
+
+    def build_started(self, total: int) -> None:
+        self._total = total
+        self._live.start()
+
+    def action_started(self, action: Action) -> None:
+        with self._lock:
+            self._running[action] = (time.monotonic(), "")
+
+    def action_log(self, action: Action, line: str) -> None:
+        with self._lock:
+            if action in self._running:
+                self._running[action] = (self._running[action][0], line)
+
+    def action_finished(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._running.pop(outcome.action, None)
+            self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
+        if outcome.status == "failed":
+            self.console.print(f"[red]failed[/] {outcome.action}: {outcome.error}")
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}")
+
+    def build_finished(self, summaries, seconds, counts) -> None:
+        from rich.table import Table
+
+        self._live.stop()
+        table = Table(title=f"forge: {len(summaries)} target(s) in {seconds:.2f}s")
+        for col in ("target", "platform", "status", "time", "digest", "size"):
+            table.add_column(col)
+        colors = {"built": "green", "cached-local": "blue", "cached-remote": "magenta", "failed": "red"}
+        for s in summaries:
+            status = f"[{colors.get(s.status, 'white')}]{s.status}[/]"
+            if not s.hermetic:
+                status += " [yellow](non-hermetic)[/]"
+            table.add_row(str(s.label), s.platform or "-", status, f"{s.seconds:.1f}s",
+                          s.digest[:19] or "-", human_size(s.size))
+        self.console.print(table)

@@ -1,0 +1,258 @@
+"""A Session is one forge invocation's world: workspace, plugins, caches, reporter.
+
+It owns the Load -> Analyze -> Key -> Execute -> Materialize flow (``build``), so the
+CLI, ``forge.testing`` and benchmarks drive builds the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from forge.core.action_cache import ActionCache
+from forge.core.actions import Action, canonical_json
+from forge.core.analysis import Analyzer, action_graph
+from forge.core.cas import CAS
+from forge.core.digests import FileDigests
+from forge.core.errors import UsageError
+from forge.core.execution import Outcome, Scheduler
+from forge.core.fsutil import write_atomic
+from forge.core.labels import Label, parse_pattern
+from forge.core.loading import Loader
+from forge.core.platforms import Platform, host_platform, parse_platform
+from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo
+from forge.core.registry import ExecutorRegistry, RuleRegistry, make_plugin_manager
+from forge.core.report import NullReporter, Reporter
+from forge.core.rule import ConfiguredTarget
+from forge.core.workspace import Workspace, find_workspace_root, load_workspace
+
+
+@dataclass
+class TargetSummary:
+    label: Label
+    platform: str
+    status: str
+    seconds: float
+    digest: str
+    size: int
+    outputs: dict[str, str]
+    path: str
+    hermetic: bool
+
+
+class Session:
+    def __init__(self, start: Path | None = None, *, reporter: Reporter | None = None,
+                 options: dict[str, Any] | None = None):
+        self.options = options or {}
+        root = find_workspace_root(Path(start or os.getcwd()))
+        self.workspace: Workspace = load_workspace(root)
+        self.pm = make_plugin_manager(self.workspace.plugin_modules)
+        self.rules = RuleRegistry()
+        self.executors = ExecutorRegistry()
+        self.pm.hook.forge_register_rules.call_historic(kwargs={"registry": self.rules})
+        self.pm.hook.forge_register_executors.call_historic(kwargs={"registry": self.executors})
+        configure_plugins(self.pm, self.workspace)
+        self.reporter = reporter or NullReporter()
+        self.loader = Loader(self.workspace.root, self.rules)
+        self._cas: CAS | None = None
+        self._ac: ActionCache | None = None
+        self._digests: FileDigests | None = None
+
+    # -- caches (created on first use so `forge query` never touches them) ----------
+    @property
+    def cache_dir(self) -> Path:
+        return self.workspace.cache_dir
+
+    @property
+    def cas(self) -> CAS:
+        if self._cas is None:
+            self._cas = CAS(self.cache_dir / "cas")
+        return self._cas
+
+    @property
+    def action_cache(self) -> ActionCache:
+        if self._ac is None:
+            self._ac = ActionCache(self.cache_dir / "ac", self.cas)
+        return self._ac
+
+    @property
+    def file_digests(self) -> FileDigests:
+        if self._digests is None:
+            ws = blake3.blake3(str(self.workspace.root).encode()).hexdigest()[:16]
+            self._digests = FileDigests(self.cache_dir / "stat-memo" / f"{ws}.json")
+        return self._digests
+
+    def executor(self, name: str) -> Any:
+        return self.executors.get(name, self.workspace)
+
+    # -- platform ---------------------------------------------------------------------
+    @property
+    def default_platform(self) -> Platform:
+        given = self.options.get("platform")
+        if given:
+            return parse_platform(given)
+        if self.workspace.platforms:
+            return parse_platform(self.workspace.platforms[0])
+        return host_platform()
+
+    # -- load + analyze ---------------------------------------------------------------
+    def resolve(self, patterns: list[str]) -> list[Label]:
+        if not patterns:
+            raise UsageError("no target given; e.g. `forge build //...`")
+        labels: list[Label] = []
+        for text in patterns:
+            for label in self.loader.expand(parse_pattern(text)):
+                if label not in labels:
+                    labels.append(label)
+        return labels
+
+    def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
+        analyzer = Analyzer(self.loader, self.default_platform)
+        targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
+        return targets, analyzer
+
+    # -- paths ------------------------------------------------------------------------
+    def out_dir(self, label: Label) -> Path:
+        return self.workspace.out_dir / label.package / label.name
+
+    def log_path(self, action: Action) -> Path:
+        return (self.workspace.out_dir / "logs" / action.label.package / action.label.name
+                / f"{action.index:02d}-{action.mnemonic}.log")
+
+    @property
+    def keys_file(self) -> Path:
+        return self.workspace.out_dir / ".forge" / "keys.json"
+
+    def previous_keys(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.keys_file.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    # -- build ------------------------------------------------------------------------
+    def remote_caches(self) -> list[Any]:
+        found = self.pm.hook.forge_remote_caches(workspace=self.workspace, options=self.options)
+        return [b for group in found if group for b in group]
+
+    def build(self, patterns: list[str]) -> tuple[list[TargetSummary], dict[Action, Outcome]]:
+        targets, _ = self.analyze(patterns)
+        graph = action_graph(targets)
+        jobs = int(self.options.get("jobs") or self.workspace.jobs)
+        keep_going = bool(self.options.get("keep_going") or self.workspace.section("build")["keep_going"])
+        scheduler = Scheduler(self, graph, jobs, keep_going, self.remote_caches())
+        try:
+            outcomes = scheduler.run()
+        finally:
+            self.file_digests.save()
+            self._save_keys(scheduler.manifests)
+        summaries = []
+        for target in targets:
+            summaries.append(self._summarize(target, outcomes))
+            self._materialize(target, outcomes)
+        return summaries, outcomes
+
+    def _save_keys(self, manifests: dict[str, Any]) -> None:
+        if not manifests:
+            return
+        previous = self.previous_keys()
+        merged = dict(previous)
+        for ident, record in manifests.items():
+            old = previous.get(ident)
+            if old is not None and old.get("key") != record["key"]:
+                record = {**record, "previous": {k: old[k] for k in ("key", "manifest", "deps") if k in old}}
+            elif old is not None and "previous" in old:
+                record = {**record, "previous": old["previous"]}
+            merged[ident] = record
+        if merged != previous:
+            write_atomic(self.keys_file, canonical_json(merged))
+
+    def _summarize(self, target: ConfiguredTarget, outcomes: dict[Action, Outcome]) -> TargetSummary:
+        default = target.get(DefaultInfo)
+        own = [outcomes[a] for a in target.actions if a in outcomes]
+        statuses = {o.status for o in own}
+        for status in ("failed", "skipped", "built", "cached-remote", "cached-local"):
+            if status in statuses:
+                break
+        else:
+            status = "cached-local"
+        seconds = sum(o.seconds for o in own)
+        outcome = outcomes.get(default.action) if default else None
+        result = outcome.result if outcome else None
+        digest = ""
+        outputs: dict[str, str] = {}
+        size = 0
+        if result is not None:
+            outputs = dict(result.outputs)
+            main = next(iter(("manifest", "index", "layer")), None)
+            digest = next((outputs[k] for k in ("index", "manifest", "layer") if k in outputs),
+                          next(iter(outputs.values()), ""))
+            size = sum(result.sizes.values()) if main else 0
+        platform = ""
+        if ImageInfo in target:
+            platform = str(target[ImageInfo].platform)
+        elif IndexInfo in target:
+            platform = ",".join(str(p) for p in target[IndexInfo].platforms)
+        hermetic = all(a.hermetic for a in target.actions)
+        return TargetSummary(target.label, platform, status, seconds, digest, size, outputs,
+                             str(self.out_dir(target.label)), hermetic)
+
+    def _materialize(self, target: ConfiguredTarget, outcomes: dict[Action, Outcome]) -> None:
+        default = target.get(DefaultInfo)
+        if default is None:
+            return
+        outcome = outcomes.get(default.action)
+        if outcome is None or outcome.result is None:
+            return
+        dest = self.out_dir(target.label)
+        if default.action.materialize is not None:
+            default.action.materialize(self.cas, outcome.result, dest)
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, digest in outcome.result.outputs.items():
+            link_blob(self.cas, digest, dest / name)
+
+
+def configure_plugins(pm: Any, workspace: Workspace) -> None:
+    """Call each plugin's ``forge_configure`` with its own ``[plugins.<name>]`` table.
+
+    A plugin's short name is its module's last component (``forge.plugins.docker`` ->
+    ``docker``) or its entry-point name; a table naming no loaded plugin is an error.
+    """
+    from forge.core.errors import ConfigError, did_you_mean
+
+    names = {name: name.rsplit(".", 1)[-1] for name, _ in pm.list_name_plugin()}
+    for table in workspace.plugin_tables:
+        if table not in names.values():
+            raise ConfigError(
+                f"{workspace.root / 'WORKSPACE.toml'}: [plugins.{table}] names no loaded plugin"
+                f"{did_you_mean(table, names.values())}; loaded: {', '.join(sorted(names.values()))}"
+            )
+    for impl in pm.hook.forge_configure.get_hookimpls():
+        config = workspace.plugin_tables.get(names.get(impl.plugin_name, ""), {})
+        kwargs = {"workspace": workspace, "config": config}
+        impl.function(**{k: kwargs[k] for k in impl.argnames})
+
+
+def link_blob(cas: CAS, digest: str, dest: Path) -> None:
+    """Put a blob at ``dest``: hardlink from the CAS when possible, else copy; skip if there."""
+    src = cas.path(digest)
+    try:
+        if dest.stat().st_ino == src.stat().st_ino:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = dest.with_name(f".tmp-{dest.name}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)

@@ -1,0 +1,281 @@
+"""The ``forge`` command line.
+
+Heavy modules (docker, oras, rich, networkx, starlark) are imported inside the commands
+that need them, so ``forge --version`` and ``forge --help`` start in milliseconds.
+Exit codes: 0 success, 1 build failure, 2 usage/BUILD/config error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+VERSION = "0.1.0"
+
+
+def _fail(exc: BaseException, verbose: bool) -> None:
+    from forge.core.errors import ForgeError
+
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    click.echo(f"forge: error: {exc}", err=True)
+    sys.exit(exc.exit_code if isinstance(exc, ForgeError) else 1)
+
+
+class ForgeGroup(click.Group):
+    """Turns ForgeError into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from forge.core.errors import ForgeError
+
+        try:
+            return super().invoke(ctx)
+        except ForgeError as exc:
+            _fail(exc, ctx.obj.get("verbose", False) if ctx.obj else False)
+        except KeyboardInterrupt:
+            click.echo("forge: interrupted; nothing half-done was recorded", err=True)
+            sys.stderr.flush()
+            os._exit(130)
+
+
+def _session(ctx: click.Context, reporter=None, **options: Any):
+    from forge.core.session import Session
+
+    opts = dict(ctx.obj.get("options", {}))
+    opts.update({k: v for k, v in options.items() if v is not None})
+    return Session(Path(ctx.obj.get("cwd") or os.getcwd()), reporter=reporter, options=opts)
+
+
+def _reporter(as_json: bool):
+    from forge.core.report import JsonReporter, LiveReporter, PlainReporter
+
+    if as_json:
+        return JsonReporter()
+    if sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1"):
+        return LiveReporter()
+    return PlainReporter()
+
+
+@click.group(cls=ForgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, prog_name="forge")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-C", "--directory", "cwd", type=click.Path(file_okay=False), help="Run as if started in DIR.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, cwd: str | None) -> None:
+    """forge: build container images the way Bazel builds code."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    ctx.obj["cwd"] = cwd
+
+
+# -- build --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("-j", "--jobs", type=int, help="Actions to run at once (default: CPU count).")
+@click.option("-k", "--keep-going", is_flag=True, help="Build what can be built after a failure.")
+@click.option("--platform", help="Default platform for targets that set none (e.g. linux/arm64).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines events on stdout.")
+@click.option("--load", is_flag=True, help="Load built single-platform images into the Docker engine.")
+@click.option("--tag", help="Tag for --load (default forge/<pkg>/<name>:latest).")
+@click.option("--remote-cache", "remote_cache", help="Remote cache URL (registry/repository).")
+@click.option("--remote-cache-write", is_flag=True, default=None, help="Upload results to the remote cache.")
+@click.option("--no-remote-cache", is_flag=True, help="Do not use any remote cache.")
+@click.option("--remote-cache-required", is_flag=True, help="Fail instead of warning when the remote cache fails.")
+@click.pass_context
+def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_cache,
+          remote_cache_write, no_remote_cache, remote_cache_required) -> None:
+    """Build the targets matched by PATTERNS (//pkg:name, //pkg:all, //pkg/..., //...)."""
+    from forge.core.execution import raise_for_failures
+
+    reporter = _reporter(as_json)
+    start = time.monotonic()
+    session = _session(
+        ctx, reporter, jobs=jobs, keep_going=keep_going or None, platform=platform,
+        remote_cache_url=remote_cache, remote_cache_write=remote_cache_write,
+        no_remote_cache=no_remote_cache or None, remote_cache_required=remote_cache_required or None,
+    )
+    summaries, outcomes = session.build(list(patterns))
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o.status] = counts.get(o.status, 0) + 1
+    reporter.build_finished(summaries, time.monotonic() - start, counts)
+    raise_for_failures(outcomes)
+    if load:
+        from forge.core.materialize import load_into_engine
+
+        for s in summaries:
+            ref = load_into_engine(session, s, tag)
+            if ref:
+                click.echo(f"loaded {s.label} as {ref}", err=True)
+
+
+# -- query / graph / explain --------------------------------------------------------------
+
+
+@main.group()
+def query() -> None:
+    """Ask about targets: deps, rdeps, targets."""
+
+
+@query.command("targets")
+@click.argument("patterns", nargs=-1, required=True)
+@click.pass_context
+def query_targets(ctx, patterns) -> None:
+    """List targets matched by PATTERNS with their rule."""
+    session = _session(ctx)
+    for label in session.resolve(list(patterns)):
+        click.echo(f"{session.loader.target(label).rule.name:16} {label}")
+
+
+@query.command("deps")
+@click.argument("patterns", nargs=-1, required=True)
+@click.pass_context
+def query_deps(ctx, patterns) -> None:
+    """Targets the PATTERNS depend on, transitively (themselves included)."""
+    from forge.core.queries import deps
+
+    session = _session(ctx)
+    for label in deps(session.loader, session.resolve(list(patterns))):
+        click.echo(str(label))
+
+
+@query.command("rdeps")
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--universe", default="//...", show_default=True, help="Where to look for dependents.")
+@click.pass_context
+def query_rdeps(ctx, patterns, universe) -> None:
+    """Targets in the universe that depend on PATTERNS, transitively."""
+    from forge.core.queries import rdeps
+
+    session = _session(ctx)
+    roots = session.resolve(list(patterns))
+    for label in rdeps(session.loader, session.resolve([universe]), roots):
+        click.echo(str(label))
+
+
+@main.command()
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), default="dot", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (svg/png default: forge-out/graph.<fmt>).")
+@click.pass_context
+def graph(ctx, patterns, fmt, output) -> None:
+    """Draw the action graph of PATTERNS (dot text, or a picture through Graphviz)."""
+    from forge.core.analysis import action_graph
+    from forge.core.queries import render, to_dot
+
+    session = _session(ctx)
+    targets, _ = session.analyze(list(patterns))
+    dot_text = to_dot(action_graph(targets), " ".join(patterns))
+    if fmt == "dot" and not output:
+        click.echo(dot_text, nl=False)
+        return
+    if fmt == "dot":
+        Path(output).write_text(dot_text)
+        return
+    path = render(dot_text, fmt, Path(output) if output else session.workspace.out_dir / f"graph.{fmt}")
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("label")
+@click.option("--platform", help="Default platform, as for build.")
+@click.pass_context
+def explain(ctx, label, platform) -> None:
+    """Say which inputs of which actions of LABEL changed, so why it rebuilt or would."""
+    from forge.core.inspect import explain_target
+
+    session = _session(ctx, platform=platform)
+    for line in explain_target(session, label):
+        click.echo(line)
+
+
+# -- rules / plugins ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.pass_context
+def rules(ctx, names) -> None:
+    """Print every rule (or NAMES) with its attributes, types, defaults and docs."""
+    from forge.core.inspect import describe_rules
+
+    session = _session(ctx)
+    click.echo(describe_rules(session.rules, list(names)))
+
+
+@main.command()
+@click.pass_context
+def plugins(ctx) -> None:
+    """List loaded plugins and the hooks each implements."""
+    session = _session(ctx)
+    for name, plugin in sorted(session.pm.list_name_plugin()):
+        hooks = sorted(h.name for h in session.pm.get_hookcallers(plugin) or [])
+        click.echo(f"{name}: {', '.join(hooks) or '-'}")
+
+
+# -- cache / clean ------------------------------------------------------------------------
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and trim the local cache."""
+
+
+@cache.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cache_stats(ctx, as_json) -> None:
+    """Blob count and size, action cache entries, cache location."""
+    from forge.core.cache_admin import stats
+    from forge.core.report import human_size
+
+    session = _session(ctx)
+    data = stats(session)
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    click.echo(f"cache dir:      {data['dir']}")
+    click.echo(f"blobs:          {data['blobs']} ({human_size(data['bytes'])})")
+    click.echo(f"action results: {data['actions']}")
+
+
+@cache.command("gc")
+@click.option("--max-size", required=True, help="Trim to this size, least recently used first (e.g. 10G, 500M).")
+@click.pass_context
+def cache_gc(ctx, max_size) -> None:
+    """Delete least recently used blobs until the cache fits MAX_SIZE."""
+    from forge.core.cache_admin import gc, parse_size
+    from forge.core.report import human_size
+
+    session = _session(ctx)
+    removed, freed, dropped = gc(session, parse_size(max_size))
+    click.echo(f"removed {removed} blobs ({human_size(freed)}), {dropped} action results")
+
+
+@main.command()
+@click.option("--expunge", is_flag=True, help="Also delete the whole local cache directory.")
+@click.pass_context
+def clean(ctx, expunge) -> None:
+    """Delete forge-out/ (and with --expunge the cache)."""
+    import shutil
+
+    session = _session(ctx)
+    shutil.rmtree(session.workspace.out_dir, ignore_errors=True)
+    click.echo(f"removed {session.workspace.out_dir}")
+    if expunge:
+        shutil.rmtree(session.cache_dir, ignore_errors=True)
+        click.echo(f"removed {session.cache_dir}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

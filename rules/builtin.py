@@ -1,0 +1,17 @@
+"""Registers the built-in rules as an ordinary plugin."""
+
+from __future__ import annotations
+
+import importlib
+
+import forge
+
+RULE_MODULES = (
+    ("forge.rules.layer", "Layer"),
+)
+
+
+@forge.hookimpl
+def forge_register_rules(registry) -> None:
+    for module_name, class_name in RULE_MODULES:
+        registry.add(getattr(importlib.import_module(module_name), class_name))

@@ -24,6 +24,7 @@ from typing import IO, BinaryIO
 from forge.core.errors import CacheError
 
 CHUNK = 1 << 20
+BLOB_MODE = 0o644  # blobs are immutable content, readable by whoever reads forge-out links
 
 
 def sha256_digest(data: bytes) -> str:
@@ -105,6 +106,7 @@ class CAS:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
+                os.chmod(tmp, BLOB_MODE)
                 os.replace(tmp, dest)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -131,6 +133,7 @@ class CAS:
             if dest.exists():
                 os.unlink(tmp)
             else:
+                os.chmod(tmp, BLOB_MODE)
                 os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -152,12 +155,14 @@ class CAS:
                 os.unlink(src)
             return Descriptor(digest, size)
         if move:
+            os.chmod(src, BLOB_MODE)
             os.replace(src, dest)
         else:
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._tmp)
             os.close(fd)
             try:
                 shutil.copyfile(src, tmp)
+                os.chmod(tmp, BLOB_MODE)
                 os.replace(tmp, dest)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,12 @@ import forge
 
 RULE_MODULES = (
     ("forge.rules.layer", "Layer"),
+    ("forge.rules.images", "ImageRule"),
+    ("forge.rules.images", "ImageIndexRule"),
+    ("forge.rules.base_images", "OciImport"),
+    ("forge.rules.base_images", "OciPull"),
+    ("forge.rules.dockerfile", "Dockerfile"),
+    ("forge.rules.dockerfile", "DockerfileChain"),
 )
 
 

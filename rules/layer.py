@@ -26,7 +26,8 @@ ATTRS = {
     "owner": attr.string(default="0:0", doc="uid:gid of every entry", example='owner = "1000:1000"'),
     "compression": attr.string(default="gzip", values=("gzip", "zstd", "none"),
                                doc="blob compression", example='compression = "zstd"'),
-    "level": attr.integer(default=6, doc="compression level", example="level = 9"),
+    "level": attr.integer(default=None, doc="compression level (gzip 0-3 ISA-L, default 2; "
+                          "zstd 1-22, default 3)", example="level = 3"),
 }
 
 
@@ -62,22 +63,36 @@ class Layer(forge.Rule):
                 "mode_map": a.mode_map, "owner": a.owner,
                 "compression": a.compression, "level": a.level,
             },
-            description=f"{len(files)} files",
+            description=f"{len(files)} files", materialize=materialize_layer,
         )
         return [forge.LayerInfo(action), forge.DefaultInfo(action)]
 
 
 def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
+    from dataclasses import replace
+
     from forge.core.oci.layer_writer import entries_from_files, write_layer
 
     p = rc.params
     sources = {f.relpath: f.path for f in rc.action.inputs}
-    uid, _, gid = p["owner"].partition(":")
-    entries = entries_from_files(
-        [(sources[rel], dest) for rel, dest in p["entries"]],
-        modes={sources[rel].as_posix(): int(m, 8) for rel, m in p["mode_map"].items() if rel in sources},
-        uid=int(uid), gid=int(gid),
-    )
-    layer = write_layer(rc.cas, entries, compression=p["compression"], level=p["level"])
+    dest_of = {rel: dest for rel, dest in p["entries"]}
+    modes = {dest_of[rel]: int(m, 8) for rel, m in p["mode_map"].items() if rel in dest_of}
+    entries = [
+        replace(e, mode=modes[e.path]) if e.path in modes else e
+        for e in entries_from_files({dest: sources[rel] for rel, dest in p["entries"]})
+    ]
+    layer = write_layer(rc.cas, entries, compression=p["compression"], level=p["level"],
+                        owner=p["owner"])
     return rc.result({"layer": layer.digest}, metadata={"diff_id": layer.diff_id,
                                                          "media_type": layer.media_type})
+
+
+def materialize_layer(cas, result: forge.ActionResult, dest) -> None:
+    """forge-out/<pkg>/<name>/layer.tar.gz (or .tar.zst / .tar, by compression)."""
+    from forge.core.session import link_blob
+
+    suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(
+        "gzip" if result.metadata["media_type"].endswith("gzip") else
+        "zstd" if result.metadata["media_type"].endswith("zstd") else "none", ".tar")
+    dest.mkdir(parents=True, exist_ok=True)
+    link_blob(cas, result.outputs["layer"], dest / f"layer{suffix}")

@@ -1,0 +1,113 @@
+"""oci_import and oci_pull: base images come in pinned, never by a floating tag."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import forge
+from forge import attr
+from forge.rules.common import image_result, materialize_image
+
+IMPORT_DOC = """A base image from a file of the package: a rootfs tarball (optionally
+compressed), a docker-archive (`docker save` output) or an OCI layout directory.
+
+A rootfs tarball is rewritten deterministically into one layer, so the digest depends
+only on its content; the image config gets the given platform.
+"""
+
+IMPORT_ATTRS = {
+    "src": attr.string(doc="package-relative path of the tarball or OCI layout directory",
+                       example='src = "busybox-arm64.tar"'),
+    "platform": attr.platform(),
+}
+
+
+class OciImport(forge.Rule):
+    name = "oci_import"
+    doc = IMPORT_DOC
+    attrs = IMPORT_ATTRS
+
+    def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
+        src = ctx.attr.src.strip("/")
+        path = ctx.package_dir / src
+        if path.is_dir():
+            rels = sorted(str(p.relative_to(ctx.package_dir)) for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            rels = [src]
+        else:
+            raise ctx.fail(f"src {src!r} does not exist in {ctx.package_dir}")
+        platform = ctx.platform
+        # The host path is bound into the run function, not the key: the key sees the files.
+        action = ctx.action("OciImport", partial(import_image, path=path), inputs=ctx.files(rels),
+                            platform=platform,
+                            params={"src": src}, description=src, materialize=materialize_image)
+        return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
+
+
+def import_image(rc: forge.RunContext, path: Path) -> forge.ActionResult:
+    from forge.core.oci.importers import import_any
+
+    image = import_any(rc.cas, path, rc.platform)
+    return image_result(rc, image)
+
+
+PULL_DOC = """A base image from a registry, by digest. A tag without a digest is an error
+that prints the digest the registry serves now and the line to paste. Every blob is
+verified; nothing unverified is stored.
+"""
+
+PULL_ATTRS = {
+    "image": attr.string(doc="repository, optionally with a tag, e.g. registry.example.com/debian:12",
+                         example='image = "127.0.0.1:5000/base/busybox"'),
+    "digest": attr.string(default="", doc="manifest or index digest to pin (sha256:...)",
+                          example='digest = "sha256:3f…"'),
+    "platform": attr.platform(),
+}
+
+
+class OciPull(forge.Rule):
+    name = "oci_pull"
+    doc = PULL_DOC
+    attrs = PULL_ATTRS
+
+    def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
+        from forge.core.oci.registry import parse_reference
+
+        ref = parse_reference(ctx.attr.image)
+        digest = ctx.attr.digest or ref.digest
+        if not digest:
+            raise ctx.fail(pin_message(ctx.attr.image))
+        platform = ctx.platform
+        action = ctx.action(
+            "OciPull", partial(pull_image, registry=ref.registry, repository=ref.repository),
+            platform=platform,
+            # The digest names the content; the repository is only where to fetch it.
+            params={"digest": digest}, description=f"{ref.repository}@{digest[:19]}",
+            materialize=materialize_image,
+        )
+        return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
+
+
+def pin_message(image: str) -> str:
+    from forge.core.oci.registry import RegistryClient, parse_reference
+
+    ref = parse_reference(image)
+    try:
+        client = RegistryClient(ref.registry)
+        served = client.resolve(ref.repository, ref.tag or "latest")
+    except forge.ForgeError as exc:
+        return f"image = {image!r} has no digest, and the registry could not be asked for one: {exc}"
+    return (f"image = {image!r} has no digest; the registry serves {served} now. Pin it:\n"
+            f'    digest = "{served}",')
+
+
+def pull_image(rc: forge.RunContext, registry: str, repository: str) -> forge.ActionResult:
+    from forge.core.oci.image import Index
+    from forge.core.oci.registry import RegistryClient
+
+    value = RegistryClient(registry).pull(rc.cas, repository, rc.params["digest"])
+    if isinstance(value, Index):
+        value = value.image(rc.platform)
+    return image_result(rc, value)

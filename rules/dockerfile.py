@@ -67,7 +67,7 @@ def parse_args_file(path: Path, display: str) -> dict[str, str]:
 def declare_build(
     ctx: forge.AnalysisContext, *, dockerfile: str, context: list[str], base: Any,
     build_args: dict[str, str], args_file: str | None, target: str | None, network: bool,
-    platform: forge.Platform, description: str,
+    platform: forge.Platform, description: str, context_root: str = "",
 ) -> forge.Action:
     """Declare one DockerBuild action (shared by both rules)."""
     args = dict(build_args)

@@ -119,6 +119,22 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
                 click.echo(f"loaded {s.label} as {ref}", err=True)
 
 
+@main.command()
+@click.argument("label")
+@click.argument("ref")
+@click.option("--platform", help="Default platform, as for build.")
+@click.pass_context
+def push(ctx, label, ref, platform) -> None:
+    """Build LABEL (an image or index) and push it to REF (registry/repo:tag)."""
+    from forge.core.materialize import push_target
+    from forge.core.report import PlainReporter
+
+    session = _session(ctx, PlainReporter(), platform=platform)
+    digest = push_target(session, label, ref)
+    click.echo(f"pushed {label} to {ref} ({digest})")
+    click.echo(digest)
+
+
 # -- query / graph / explain --------------------------------------------------------------
 
 

@@ -1,0 +1,59 @@
+"""Getting built images out of forge: ``--load`` into a Docker engine, ``push`` to a registry."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forge.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from forge.core.session import Session, TargetSummary
+
+
+def default_tag(summary: TargetSummary) -> str:
+    """``forge/<pkg>/<name>:latest``, lower-cased into a valid repository name."""
+    parts = [p for p in ("forge", *summary.label.package.split("/"), summary.label.name) if p]
+    repo = "/".join(re.sub(r"[^a-z0-9._-]+", "-", p.lower()).strip("-._") or "x" for p in parts)
+    return f"{repo}:latest"
+
+
+def load_into_engine(session: Session, summary: TargetSummary, tag: str | None) -> str | None:
+    """Load a single-platform image target into the engine (as a docker-archive)."""
+    from forge.core.oci.docker_archive import write_docker_archive
+    from forge.core.oci.image import load_image
+    from forge.core.platforms import parse_platform
+
+    digest = summary.outputs.get("manifest")
+    if not digest:
+        return None
+    image = load_image(session.cas, digest)
+    ref = tag or default_tag(summary)
+    executor = session.executor("docker")
+    client = executor.client(parse_platform(summary.platform) if summary.platform else None)
+    with tempfile.TemporaryDirectory(dir=session.cas.root / "tmp") as tmp:
+        archive = Path(tmp) / "image.tar"
+        write_docker_archive(session.cas, image, archive, repo_tags=[ref])
+        with open(archive, "rb") as fh:
+            client.api.load_image(fh)
+    return ref
+
+
+def push_target(session: Session, label_text: str, ref: str) -> str:
+    """Build (from cache) one image or index target and push it; returns the digest."""
+    from forge.core.oci.image import load
+    from forge.core.oci.registry import push_image
+
+    summaries, outcomes = session.build([label_text])
+    from forge.core.execution import raise_for_failures
+
+    raise_for_failures(outcomes)
+    if len(summaries) != 1:
+        raise UsageError(f"push takes one target; {label_text} matched {len(summaries)}")
+    outputs = summaries[0].outputs
+    digest = outputs.get("index") or outputs.get("manifest")
+    if not digest:
+        raise UsageError(f"{label_text} is not an image or index target")
+    return push_image(session.cas, load(session.cas, digest), ref)

@@ -1,0 +1,123 @@
+"""QEMU user emulation: make a foreign platform runnable before the first action that
+must *execute* on it (import, layer, image assembly, index and minimize never need it).
+
+Checks binfmt_misc: mounted, a ``qemu-<arch>`` entry present and enabled, with the ``F``
+flag (the interpreter is opened at registration, so it works inside containers, whose
+filesystem lacks it), and the interpreter file present. As root with qemu-user-static
+installed it fixes what is missing; otherwise it stops with the exact commands.
+``[plugins.qemu] binfmt_dir`` (or ``FORGE_BINFMT_DIR``) points the check elsewhere
+(tests use an empty directory to play "no emulation").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import forge
+from forge.core.errors import ConfigError, PlatformError
+from forge.core.platforms import Platform, host_platform
+
+DEFAULT_BINFMT = "/proc/sys/fs/binfmt_misc"
+_config: dict[str, Any] = {}
+
+
+@dataclass
+class BinfmtStatus:
+    arch: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def binfmt_dir() -> Path:
+    return Path(os.environ.get("FORGE_BINFMT_DIR") or _config.get("binfmt_dir") or DEFAULT_BINFMT)
+
+
+def runs_natively(platform: Platform, host: Platform | None = None) -> bool:
+    host = host or host_platform()
+    if platform.architecture == host.architecture and platform.os == host.os:
+        return True
+    return host.architecture == "amd64" and platform.architecture == "386"
+
+
+def fix_commands(qemu_arch: str, directory: Path) -> str:
+    return "\n".join([
+        "    apt-get install -y qemu-user-static binfmt-support",
+        f"    mountpoint -q {directory} || mount -t binfmt_misc binfmt_misc {directory}",
+        f"    update-binfmts --enable qemu-{qemu_arch}",
+        "  (or run scripts/services.sh, which does all of this)",
+    ])
+
+
+def check(platform: Platform, directory: Path | None = None) -> BinfmtStatus:
+    """The binfmt state for ``platform``, without changing anything."""
+    directory = directory or binfmt_dir()
+    arch = platform.qemu_arch
+    fix = fix_commands(arch, directory)
+    if not (directory / "status").exists():
+        return BinfmtStatus(arch, False, f"binfmt_misc is not mounted at {directory}", fix)
+    entry = directory / f"qemu-{arch}"
+    if not entry.exists():
+        return BinfmtStatus(arch, False, f"no qemu-{arch} entry in {directory}", fix)
+    fields = dict(
+        (line.split(" ", 1) + [""])[:2] for line in entry.read_text().splitlines() if line
+    )
+    if "enabled" not in fields:
+        return BinfmtStatus(arch, False, f"qemu-{arch} is registered but disabled", fix)
+    interpreter = fields.get("interpreter", "").strip()
+    flags = fields.get("flags:", fields.get("flags", "")).strip()
+    if "F" not in flags:
+        return BinfmtStatus(arch, False, f"qemu-{arch} lacks the F flag (flags: {flags or 'none'}), "
+                            "so it cannot work inside containers", fix)
+    if interpreter and not Path(interpreter).exists():
+        return BinfmtStatus(arch, False, f"qemu-{arch} interpreter {interpreter} is missing", fix)
+    return BinfmtStatus(arch, True, f"qemu-{arch} enabled (flags {flags}, {interpreter})")
+
+
+def try_register(platform: Platform, directory: Path) -> None:
+    """As root with qemu-user-static installed: mount binfmt_misc and enable the entry."""
+    if os.geteuid() != 0 or directory != Path(DEFAULT_BINFMT):
+        return
+    if not (directory / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(directory)],
+                       check=False, capture_output=True)
+    if shutil.which("update-binfmts") and Path(f"/usr/bin/qemu-{platform.qemu_arch}-static").exists():
+        subprocess.run(["update-binfmts", "--enable", f"qemu-{platform.qemu_arch}"],
+                       check=False, capture_output=True)
+
+
+@forge.hookimpl
+def forge_configure(workspace: Any, config: dict[str, Any]) -> None:
+    unknown = set(config) - {"binfmt_dir"}
+    if unknown:
+        raise ConfigError(f"WORKSPACE.toml [plugins.qemu]: unknown key '{sorted(unknown)[0]}'; "
+                          "valid keys: binfmt_dir")
+    _config.clear()
+    _config.update(config)
+
+
+@forge.hookimpl
+def forge_prepare_platform(platform: Platform, executor: str, workspace: Any) -> str | None:
+    if runs_natively(platform):
+        return None
+    hosts = workspace.section("executors").get(executor, {}).get("hosts", {})
+    from forge.core.platforms import parse_platform
+
+    if any(parse_platform(k) == platform for k in hosts):
+        return f"native {platform} engine"
+    directory = binfmt_dir()
+    status = check(platform, directory)
+    if not status.ok:
+        try_register(platform, directory)
+        status = check(platform, directory)
+    if not status.ok:
+        raise PlatformError(
+            f"cannot run {platform} actions on this {host_platform()} host: {status.detail}.\n"
+            f"  Fix:\n{status.fix}"
+        )
+    return f"QEMU emulation ({status.detail})"

@@ -77,7 +77,7 @@ def declare_build(
         inputs.append(args_file)
     base_action = None
     if base is not None:
-        base_action = base[forge.ImageInfo].action if forge.ImageInfo in base else base
+        base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action
     files = ctx.files(dict.fromkeys(inputs))
     return ctx.action(
         "DockerBuild", partial(build_dockerfile, package_dir=ctx.package_dir),

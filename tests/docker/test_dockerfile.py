@@ -1,5 +1,6 @@
 """dockerfile and dockerfile_chain on the real engine (busybox bases from Debian packages)."""
 
+import contextlib
 import json
 import shutil
 
@@ -55,10 +56,8 @@ def docker_client():
     yield client
     for img in client.images.list(all=True):
         if img.id not in before:
-            try:
+            with contextlib.suppress(Exception):  # best effort cleanup
                 client.images.remove(img.id, force=True)
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
 
 
 def test_copy_run_and_undeclared_file_is_invisible(forge_workspace, docker_client):

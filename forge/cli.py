@@ -239,6 +239,25 @@ def plugins(ctx) -> None:
         click.echo(f"{name}: {', '.join(hooks) or '-'}")
 
 
+@main.command()
+@click.pass_context
+def doctor(ctx) -> None:
+    """Check the engine(s), QEMU binfmt per platform, remote cache, cache dir, plugins."""
+    from forge.core.doctor import run_checks
+
+    session = _session(ctx)
+    failed = False
+    for check in run_checks(session):
+        mark = "ok  " if check.ok else ("FAIL" if check.needed else "warn")
+        failed |= not check.ok and check.needed
+        first, *rest = check.detail.splitlines() or [""]
+        click.echo(f"[{mark}] {check.name}: {first}")
+        for line in rest:
+            click.echo(f"       {line}")
+    if failed:
+        sys.exit(1)
+
+
 # -- cache / clean ------------------------------------------------------------------------
 
 

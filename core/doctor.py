@@ -1,0 +1,87 @@
+"""``forge doctor``: one screen of what works and what does not on this machine.
+
+Each check says what it looked at and, when it fails, how to fix it. The exit status is
+non-zero when something the workspace needs is missing: the engine, emulation for a
+configured foreign platform, or a configured remote cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from forge.core.session import Session
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    needed: bool = True
+
+
+def run_checks(session: Session) -> Iterator[Check]:
+    from forge.core.cache_admin import stats
+    from forge.core.platforms import host_platform, parse_platform
+    from forge.core.report import human_size
+
+    ws = session.workspace
+    yield Check("workspace", True, f"{ws.name} at {ws.root}")
+    host = host_platform()
+    yield Check("host platform", True, str(host))
+
+    executor = None
+    try:
+        executor = session.executor("docker")
+    except Exception as exc:  # noqa: BLE001
+        yield Check("docker executor", False, str(exc))
+    if executor is not None:
+        hosts = {None: executor.host_for(None), **{p: h for p, h in executor.hosts.items()}}
+        for platform, url in hosts.items():
+            name = f"engine {url}" + (f" ({platform})" if platform else "")
+            try:
+                yield Check(name, True, f"Docker {executor.version(platform)}")
+            except Exception as exc:  # noqa: BLE001
+                yield Check(name, False, str(exc))
+
+    from forge.plugins import qemu
+
+    platforms = [parse_platform(p) for p in ws.platforms] or [host]
+    for extra in ("linux/arm64", "linux/arm/v7"):
+        if parse_platform(extra) not in platforms:
+            platforms.append(parse_platform(extra))
+    configured = {parse_platform(p) for p in ws.platforms}
+    for platform in platforms:
+        needed = platform in configured
+        if qemu.runs_natively(platform, host):
+            yield Check(f"platform {platform}", True, "native", needed)
+        elif executor is not None and executor.is_native_remote(platform):
+            yield Check(f"platform {platform}", True, f"native engine {executor.host_for(platform)}", needed)
+        else:
+            status = qemu.check(platform)
+            detail = status.detail if status.ok else f"{status.detail}\n{status.fix}"
+            yield Check(f"binfmt {platform}", status.ok, detail, needed)
+
+    remote = ws.section("remote_cache")
+    if remote.get("url"):
+        try:
+            backends = session.remote_caches()
+            for backend in backends:
+                ping = getattr(backend, "ping", None)
+                detail = ping() if ping else "configured"
+                yield Check(f"remote cache {backend.describe()}", True, detail)
+            if not backends:
+                yield Check("remote cache", False, f"{remote['url']} configured but no backend loaded")
+        except Exception as exc:  # noqa: BLE001
+            yield Check(f"remote cache {remote['url']}", False, str(exc))
+    else:
+        yield Check("remote cache", True, "not configured ([remote_cache] url)", needed=False)
+
+    data = stats(session)
+    yield Check("cache", True, f"{data['dir']}: {data['blobs']} blobs, {human_size(data['bytes'])}, "
+                f"{data['actions']} action results")
+    yield Check("plugins", True, ", ".join(sorted(n for n, _ in session.pm.list_name_plugin())))
+    yield Check("rules", True, ", ".join(session.rules.names()))

@@ -96,7 +96,7 @@ def pin_message(image: str) -> str:
     ref = parse_reference(image)
     try:
         client = RegistryClient(ref.registry)
-        served = client.resolve(ref.repository, ref.tag or "latest")
+        served = client.resolve_tag(ref.repository, ref.tag or "latest")
     except forge.ForgeError as exc:
         return f"image = {image!r} has no digest, and the registry could not be asked for one: {exc}"
     return (f"image = {image!r} has no digest; the registry serves {served} now. Pin it:\n"
@@ -107,7 +107,7 @@ def pull_image(rc: forge.RunContext, registry: str, repository: str) -> forge.Ac
     from forge.core.oci.image import Index
     from forge.core.oci.registry import RegistryClient
 
-    value = RegistryClient(registry).pull(rc.cas, repository, rc.params["digest"])
+    value = RegistryClient(registry).pull(rc.cas, repository, rc.params["digest"], platform=rc.platform)
     if isinstance(value, Index):
         value = value.image(rc.platform)
     return image_result(rc, value)

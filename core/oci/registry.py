@@ -1,0 +1,541 @@
+"""Push images to and pull them from OCI registries, verified, over oras-py.
+
+oras-py (``oras.provider.Registry``) does the HTTP: its auth backends (Basic, Bearer
+tokens), blob HEAD/GET, monolithic (``put_upload``) and chunked (``chunked_upload``)
+uploads. forge adds only what it lacks or gets wrong for this use:
+
+- manifests are sent and read as exact bytes (oras re-serializes them, which changes the
+  digest) through its ``do_request``; cross-repository mount is one ``do_request`` too;
+- its retry decorator sleeps up to 83 s between five tries, also after an auth refusal;
+  forge's subclass retries connection errors and 502/503/504 three times within ~2 s, with
+  connect/read timeouts, and never retries a 401;
+- a Bearer token is re-requested when a 401 asks for a new scope (oras reuses the old);
+- the registry is pinged first, so "unreachable" and "wrong credentials" are one clear
+  error each, naming the registry and never the password.
+
+Credentials come from ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
+(``auths.<host>.auth``, or a ``credHelpers``/``credsStore`` helper). Plain HTTP is used
+for loopback hosts (127.0.0.1, localhost, ::1) unless ``insecure`` says otherwise.
+
+Everything pulled is verified before it gets a name in the CAS (``CAS.writer(expected=)``);
+a manifest is stored after its config and layers, so a manifest in the CAS means the
+whole image is there. A pull that fails stores no manifest, no config, no bad blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import oras.auth
+import oras.container
+import oras.provider
+import requests
+import requests.adapters
+
+from forge.core.cas import CAS, BlobMissing, sha256_digest, split_digest
+from forge.core.errors import CacheError, RegistryError
+from forge.core.oci import media
+from forge.core.oci.image import Image, Index, load
+from forge.core.oci.media import ImageFormatError
+from forge.core.platforms import Platform, from_oci, parse_platform
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 300.0
+RETRIES = 3
+MONOLITHIC_LIMIT = 16 << 20  # blobs up to this size go up in one PUT, larger ones chunked
+UPLOAD_CHUNK = 16 << 20
+PUSH_THREADS = 4
+ACCEPT = (media.OCI_MANIFEST, media.OCI_INDEX, media.DOCKER_MANIFEST, media.DOCKER_MANIFEST_LIST)
+_DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+class RegistryAuthError(RegistryError):
+    """A registry wants credentials forge does not have, or refused the ones it has."""
+
+
+class UnpinnedReference(RegistryError):
+    """A pull named a tag but no digest; the message gives the digest to pin."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``registry/repository[:tag][@digest]``, split."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse_reference(ref: str) -> Reference:
+    """Parse ``host/repo[:tag][@sha256:...]``; the host is required (no implied Docker Hub)."""
+    name, _, digest = ref.partition("@")
+    tag = None
+    slash, colon = name.rfind("/"), name.rfind(":")
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1 :]
+    host, _, repo = name.partition("/")
+    if not repo or not ("." in host or ":" in host or host == "localhost"):
+        raise RegistryError(
+            f"{ref!r} names no registry host; write it in full, e.g. 127.0.0.1:5000/{name} "
+            f"or docker.io/library/{name}"
+        )
+    if digest:
+        try:
+            split_digest(digest)
+        except CacheError:
+            raise RegistryError(f"{ref!r}: {digest!r} is not a sha256:<64 hex> digest") from None
+    if host in _DOCKER_HUB and "/" not in repo:
+        repo = "library/" + repo
+    return Reference(host, repo, tag or None, digest or None)
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name in ("localhost", "127.0.0.1", "::1", "[::1]") or name.startswith("127.")
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """Every request gets connect/read timeouts (oras passes none: a dead peer hangs)."""
+
+    def send(self, request, timeout=None, **kwargs):  # type: ignore[override]
+        return super().send(request, timeout=timeout or (CONNECT_TIMEOUT, READ_TIMEOUT), **kwargs)
+
+
+_oras_do_request = oras.provider.Registry.do_request.__wrapped__  # without oras' retry decorator
+
+
+class _OrasRegistry(oras.provider.Registry):
+    """oras' Registry with forge's retries, an up-front Basic header and scope refresh."""
+
+    def do_request(self, url, method="GET", data=None, headers=None, json=None, stream=False):
+        headers = dict(headers or {})
+        if isinstance(self.auth, oras.auth.BasicAuth):
+            headers = {**self.auth.get_auth_header(), **headers}
+        response = self._send(url, method, data, headers, json, stream)
+        auth = self.auth
+        if response.status_code == 401 and isinstance(auth, oras.auth.TokenAuth) and auth.token:
+            auth.token = None  # the token's scope is for another repository or action
+            response = self._send(url, method, data, dict(headers), json, stream)
+        return response
+
+    def _send(self, url, method, data, headers, json, stream):
+        for attempt in range(RETRIES):
+            last = attempt == RETRIES - 1
+            try:
+                response = _oras_do_request(self, url, method, data, dict(headers), json, stream)
+            except (requests.ConnectionError, requests.Timeout):
+                if last:
+                    raise
+            else:
+                if response.status_code not in (502, 503, 504) or last:
+                    return response
+            time.sleep(0.25 * 3**attempt)
+        raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    user: str
+    password: str
+    source: str  # where they came from, for messages
+
+
+class RegistryClient:
+    """One registry host: blob and manifest calls, every failure a RegistryError."""
+
+    def __init__(self, host: str, insecure: bool | None = None, docker_config: Path | str | None = None):
+        self.host = host
+        self.api_host = "registry-1.docker.io" if host in _DOCKER_HUB else host
+        self.insecure = _is_loopback(host) if insecure is None else insecure
+        self.scheme = "http" if self.insecure else "https"
+        self._docker_config = docker_config
+        self._oras = _OrasRegistry(hostname=self.api_host, insecure=self.insecure)
+        adapter = _TimeoutAdapter(pool_maxsize=PUSH_THREADS * 2)
+        self._oras.session.mount("http://", adapter)
+        self._oras.session.mount("https://", adapter)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.host!r}, insecure={self.insecure})"
+
+    # -- connection and credentials ----------------------------------------------------
+    def _config_path(self) -> Path:
+        if self._docker_config is not None:
+            path = Path(self._docker_config)
+            return path / "config.json" if path.is_dir() else path
+        base = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+        return Path(base) / "config.json"
+
+    def _credentials(self) -> _Credentials | None:
+        path = self._config_path()
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise RegistryError(f"{path} is not JSON: {e}") from None
+        names = {self.host, self.api_host}
+        if self.host in _DOCKER_HUB:
+            names.add("https://index.docker.io/v1/")
+        for key, entry in (config.get("auths") or {}).items():
+            bare = key.split("://", 1)[-1].split("/", 1)[0]
+            if key in names or bare in names:
+                if entry.get("username") and entry.get("password"):
+                    return _Credentials(entry["username"], entry["password"], str(path))
+                if entry.get("auth"):
+                    try:
+                        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                    except ValueError:
+                        raise RegistryError(f"{path}: auths.{key}.auth is not base64 of user:password") from None
+                    return _Credentials(user, password, str(path))
+        helper = (config.get("credHelpers") or {}).get(self.host) or config.get("credsStore")
+        return self._helper_credentials(helper, path) if helper else None
+
+    def _helper_credentials(self, helper: str, path: Path) -> _Credentials | None:
+        binary = f"docker-credential-{helper}"
+        try:
+            proc = subprocess.run([binary, "get"], input=self.host.encode(), capture_output=True, timeout=30)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            raise RegistryAuthError(f"{path} names credential helper {binary}, which cannot be run") from None
+        if proc.returncode != 0:
+            return None  # the helper has nothing for this host
+        try:
+            payload = json.loads(proc.stdout)
+            return _Credentials(payload["Username"], payload["Secret"], binary)
+        except (ValueError, KeyError):
+            raise RegistryAuthError(f"{binary} answered for {self.host} with something not JSON") from None
+
+    def _ensure_ready(self) -> None:
+        """Ping ``/v2/`` once: reachable? which auth? credentials accepted?"""
+        with self._lock:
+            if not self._ready:
+                self._connect()
+                self._ready = True
+
+    def _connect(self) -> None:
+        url = f"{self.scheme}://{self.api_host}/v2/"
+        session = self._oras.session
+        try:
+            response = session.get(url, timeout=(CONNECT_TIMEOUT, 30))
+        except requests.exceptions.SSLError as e:
+            raise RegistryError(f"TLS with registry {self.host} failed ({e}); a plain-HTTP registry needs insecure=True") from None
+        except requests.RequestException as e:
+            raise RegistryError(f"cannot reach registry {self.host} at {url}: {_reason(e)}") from None
+        if response.status_code == 200:
+            return
+        if response.status_code != 401:
+            raise RegistryError(f"registry {self.host} answered GET {url} with HTTP {response.status_code}; is it an OCI registry?")
+        challenge = response.headers.get("Www-Authenticate", "")
+        scheme = challenge.split(" ", 1)[0].lower()
+        creds = self._credentials()
+        if creds is None:
+            if scheme == "bearer":
+                return  # anonymous tokens (public pulls); oras asks for them per request
+            raise RegistryAuthError(
+                f"registry {self.host} requires a login and {self._config_path()} has none for it "
+                f"(run: docker login {self.host})"
+            )
+        if scheme == "basic":
+            backend = oras.auth.get_auth_backend("basic", session, self.insecure)
+            backend.set_basic_auth(creds.user, creds.password)
+            ok = session.get(url, headers=backend.get_auth_header()).status_code == 200
+        elif scheme == "bearer":
+            backend = oras.auth.get_auth_backend("token", session, self.insecure)
+            backend.set_basic_auth(creds.user, creds.password)
+            headers, changed = backend.authenticate_request(response, {})
+            ok = changed and session.get(url, headers=headers).status_code == 200
+        else:
+            raise RegistryAuthError(f"registry {self.host} asks for {scheme or 'unknown'} auth, which forge does not speak")
+        if not ok:
+            raise RegistryAuthError(f"registry {self.host} refused the credentials of user {creds.user!r} from {creds.source}")
+        self._oras.auth = backend
+
+    def _container(self, repo: str) -> oras.container.Container:
+        # Built field by field: oras' name parser would read "team.a/x" as a host.
+        container = oras.container.Container("placeholder", registry=self.api_host)
+        namespace, _, name = repo.rpartition("/")
+        container.namespace, container.repository = namespace or None, name
+        return container
+
+    def _request(self, what: str, url: str, method: str = "GET", **kwargs) -> requests.Response:
+        self._ensure_ready()
+        try:
+            response = self._oras.do_request(url, method, **kwargs)
+        except requests.RequestException as e:
+            raise RegistryError(f"{what}: registry {self.host} failed: {_reason(e)}") from None
+        except ValueError as e:  # oras: "Cannot respond to request for authentication."
+            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({e})") from None
+        return response
+
+    def _fail(self, what: str, response: requests.Response) -> RegistryError:
+        detail = _registry_errors(response)
+        cls = RegistryAuthError if response.status_code in (401, 403) else RegistryError
+        return cls(f"{what}: registry {self.host} answered HTTP {response.status_code}{detail}")
+
+    def _api(self, repo: str, kind: str, ref: str) -> str:
+        return f"{self.scheme}://{self.api_host}/v2/{repo}/{kind}/{ref}"
+
+    # -- blobs --------------------------------------------------------------------------
+    def has_blob(self, repo: str, digest: str) -> bool:
+        what = f"HEAD blob {digest} in {repo}"
+        response = self._request(what, self._api(repo, "blobs", digest), "HEAD")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise self._fail(what, response)
+
+    def push_blob(self, cas: CAS, repo: str, digest: str, *, mount_from: str | None = None) -> bool:
+        """Upload a CAS blob unless the repository has it; True if bytes were sent.
+
+        ``mount_from`` names a repository of this registry that may hold the blob: the
+        registry then links it instead of receiving it again.
+        """
+        if self.has_blob(repo, digest):
+            return False
+        what = f"upload of blob {digest} to {self.host}/{repo}"
+        if mount_from:
+            url = f"{self.scheme}://{self.api_host}/v2/{repo}/blobs/uploads/?mount={digest}&from={mount_from}"
+            if self._request(what, url, "POST").status_code == 201:
+                return False
+        try:
+            size = cas.size(digest)
+        except BlobMissing:
+            raise RegistryError(f"{what}: the blob is not in the local CAS") from None
+        layer = {"digest": digest, "size": size}
+        container = self._container(repo)
+        try:
+            if size <= MONOLITHIC_LIMIT:
+                response = self._oras.put_upload(str(cas.path(digest)), container, layer)
+            else:
+                response = self._oras.chunked_upload(str(cas.path(digest)), container, layer, chunk_size=UPLOAD_CHUNK)
+        except requests.RequestException as e:
+            raise RegistryError(f"{what} failed: {_reason(e)}") from None
+        except ValueError as e:  # oras: no upload session location, or a failed chunk
+            raise RegistryError(f"{what} failed: {e}") from None
+        if response.status_code != 201:
+            raise self._fail(what, response)
+        return True
+
+    def pull_blob(self, cas: CAS, repo: str, digest: str) -> None:
+        """Fetch a blob into the CAS, verified while it streams; a mismatch stores nothing."""
+        if cas.has(digest):
+            return
+        what = f"download of blob {digest} from {self.host}/{repo}"
+        self._ensure_ready()
+        try:
+            with self._oras.get_blob(self._container(repo), digest, stream=True) as response:
+                if response.status_code != 200:
+                    raise self._fail(what, response)
+                with cas.writer(expected=digest) as out:
+                    for chunk in response.iter_content(1 << 20):
+                        out.write(chunk)
+        except BlobMissing as e:
+            raise RegistryError(f"{what}: the registry sent other content ({e})") from None
+        except requests.RequestException as e:
+            raise RegistryError(f"{what} failed: {_reason(e)}") from None
+
+    def read_blob(self, repo: str, digest: str) -> bytes:
+        """A small blob (a config) into memory, verified, not stored."""
+        what = f"download of blob {digest} from {self.host}/{repo}"
+        response = self._request(what, self._api(repo, "blobs", digest))
+        if response.status_code != 200:
+            raise self._fail(what, response)
+        if sha256_digest(response.content) != digest:
+            raise RegistryError(f"{what}: the registry sent content hashing to {sha256_digest(response.content)}")
+        return response.content
+
+    # -- manifests ----------------------------------------------------------------------
+    def push_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        """PUT manifest bytes as they are under a tag or digest; return their digest."""
+        digest = sha256_digest(data)
+        what = f"push of manifest {digest} to {self.host}/{repo}:{ref}"
+        response = self._request(what, self._api(repo, "manifests", ref), "PUT",
+                                  data=data, headers={"Content-Type": media_type})
+        if response.status_code not in (200, 201):
+            raise self._fail(what, response)
+        served = response.headers.get("Docker-Content-Digest")
+        if served and served != digest:
+            raise RegistryError(f"{what}: the registry stored it as {served}")
+        return digest
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest) of a manifest by tag or digest; a digest is verified."""
+        what = f"manifest {self.host}/{repo}{'@' if ref.startswith('sha256:') else ':'}{ref}"
+        response = self._request(what, self._api(repo, "manifests", ref), headers={"Accept": ", ".join(ACCEPT)})
+        if response.status_code == 404:
+            raise RegistryError(f"{what} does not exist{_registry_errors(response)}")
+        if response.status_code != 200:
+            raise self._fail(what, response)
+        data = response.content
+        digest = sha256_digest(data)
+        if ref.startswith("sha256:") and digest != ref:
+            raise RegistryError(f"{what}: the registry sent a manifest hashing to {digest}; nothing stored")
+        try:
+            media_type = json.loads(data).get("mediaType")
+        except (ValueError, AttributeError):
+            raise RegistryError(f"{what} is not a JSON object") from None
+        media_type = media_type or response.headers.get("Content-Type", "").split(";")[0].strip()
+        return data, media_type, digest
+
+    def resolve_tag(self, repo: str, tag: str) -> str:
+        """The digest a tag points at now."""
+        what = f"manifest {self.host}/{repo}:{tag}"
+        response = self._request(what, self._api(repo, "manifests", tag), "HEAD", headers={"Accept": ", ".join(ACCEPT)})
+        if response.status_code == 404:
+            raise RegistryError(f"{what} does not exist")
+        if response.status_code != 200:
+            raise self._fail(what, response)
+        return response.headers.get("Docker-Content-Digest") or self.get_manifest(repo, tag)[2]
+
+    # -- whole images -------------------------------------------------------------------
+    def push(self, cas: CAS, value: Image | Index, repo: str, tag: str | None = None,
+             *, threads: int = PUSH_THREADS) -> str:
+        """Push an image or index from the CAS; return its digest.
+
+        Only blobs the repository lacks are uploaded (``threads`` at once); child manifests
+        go up by digest, the top one under ``tag`` (by digest when there is no tag).
+        """
+        images = value.images if isinstance(value, Index) else (value,)
+        blobs = list(dict.fromkeys(d for image in images for d, _ in image.blobs()))
+        missing = [d for d in blobs if not cas.has(d)]
+        if missing:
+            raise RegistryError(f"push to {self.host}/{repo}: blob(s) not in the local CAS: {', '.join(missing)}")
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda d: self.push_blob(cas, repo, d), blobs))
+        if isinstance(value, Index):
+            for image in images:
+                self.push_manifest(repo, image.digest, image.manifest_bytes, image.media_type)
+        return self.push_manifest(repo, tag or value.digest, value.manifest_bytes, value.media_type)
+
+    def pull(self, cas: CAS, repo: str, digest: str, platform: Platform | str | None = None,
+             *, threads: int = PUSH_THREADS) -> Image | Index:
+        """Pull the manifest ``digest`` of ``repo`` and everything under it into the CAS.
+
+        For an index, ``platform`` picks one image (returned as an Image); without it every
+        image is pulled and the Index returned. Media types are checked and the config
+        read before the first layer byte, so content forge cannot use stores nothing.
+        """
+        want = parse_platform(platform) if isinstance(platform, str) else platform
+        where = f"{self.host}/{repo}@{digest}"
+        try:
+            data, media_type, _ = self.get_manifest(repo, digest)
+            if media.manifest_kind(media_type) == "image":
+                image = self._pull_manifest(cas, repo, data, threads)
+                if want is not None and image.platform != want:
+                    raise RegistryError(f"{where} is for {image.platform}, not {want}")
+                return image
+            entries = json.loads(data).get("manifests") or []
+            if want is not None:
+                child, _, _ = self.get_manifest(repo, _entry_for(entries, want, where))
+                return self._pull_manifest(cas, repo, child, threads)
+            for entry in entries:
+                child, child_type, _ = self.get_manifest(repo, entry.get("digest", ""))
+                if media.manifest_kind(child_type) != "image":
+                    raise media.UnsupportedMediaType(f"index entry {entry.get('digest')} is a nested index")
+                self._pull_manifest(cas, repo, child, threads)
+            cas.put_bytes(data)
+            return load(cas, digest)
+        except ImageFormatError as e:
+            raise RegistryError(f"pull of {where}: {e}") from None
+
+    def _pull_manifest(self, cas: CAS, repo: str, data: bytes, threads: int) -> Image:
+        """Check an image manifest and its config in memory, then fetch layers, then store."""
+        doc = json.loads(data)
+        config_desc = doc.get("config") or {}
+        media.check_config_type(config_desc.get("mediaType", ""))
+        for layer in doc.get("layers") or []:
+            media.layer_compression(layer.get("mediaType", ""))
+        config_bytes = self.read_blob(repo, config_desc.get("digest", ""))
+        image = Image(data, config_bytes)  # every format check before the first layer byte
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda layer: self.pull_blob(cas, repo, layer.digest), image.layers))
+        cas.put_bytes(config_bytes)
+        cas.put_bytes(data)
+        return image
+
+
+def _reason(e: Exception) -> str:
+    """The innermost cause of a requests error, without its URL noise."""
+    text = str(e)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "No route to host"):
+        if marker in text:
+            return marker.lower()
+    return text
+
+
+def _registry_errors(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        return ": " + "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) if errors else ""
+    except (ValueError, AttributeError):
+        return ""
+
+
+# -- whole images, by reference -----------------------------------------------------------
+
+
+def push_image(cas: CAS, value: Image | Index, ref: str, *, client: RegistryClient | None = None) -> str:
+    """Push to ``host/repo[:tag]`` (see ``RegistryClient.push``); return the digest."""
+    r = parse_reference(ref)
+    if r.digest and r.digest != value.digest:
+        raise RegistryError(f"push to {ref}: the image is {value.digest}, not {r.digest}")
+    return (client or RegistryClient(r.registry)).push(cas, value, r.repository, r.tag)
+
+
+def pull_image(
+    cas: CAS,
+    ref: str,
+    digest: str | None = None,
+    platform: Platform | str | None = None,
+    *,
+    client: RegistryClient | None = None,
+) -> Image | Index:
+    """Pull ``host/repo`` at ``digest`` (or the reference's ``@digest``) into the CAS.
+
+    A tag alone is refused with UnpinnedReference, whose message gives the digest to pin.
+    See ``RegistryClient.pull`` for ``platform``.
+    """
+    r = parse_reference(ref)
+    client = client or RegistryClient(r.registry)
+    if digest and r.digest and digest != r.digest:
+        raise RegistryError(f"pull of {ref}: the reference says {r.digest} but {digest} was asked for")
+    digest = digest or r.digest
+    if digest is None:
+        tag = r.tag or "latest"
+        now = client.resolve_tag(r.repository, tag)
+        raise UnpinnedReference(
+            f"{r.registry}/{r.repository}:{tag} is a tag, and forge pulls by digest only; "
+            f"pin what it names now: {r.registry}/{r.repository}@{now}"
+        )
+    return client.pull(cas, r.repository, digest, platform)
+
+
+def _entry_for(entries: Iterable[dict], want: Platform, what: str) -> str:
+    have = []
+    for entry in entries:
+        p = entry.get("platform") or {}
+        platform = from_oci(p.get("architecture", ""), p.get("os", ""), p.get("variant", ""))
+        if platform == want:
+            return entry.get("digest", "")
+        have.append(str(platform))
+    raise RegistryError(f"{what} has no image for {want}; it has: {', '.join(have) or 'none'}")

@@ -1,0 +1,1 @@
+"""Tests of forge.core.oci: layers, images, validation, layouts, archives, registries."""

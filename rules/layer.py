@@ -56,7 +56,7 @@ class Layer(forge.Rule):
             raise ctx.fail(f"owner = {a.owner!r} should be numeric 'uid:gid'")
         files = ctx.files(a.srcs)
         action = ctx.action(
-            "Layer", write_layer_action, version=1, inputs=files,
+            "Layer", write_layer_action, version=2, inputs=files,
             # Where each file lands is a parameter, so moving prefix re-keys the layer.
             params={
                 "entries": [[f.relpath, _image_path(f.relpath, a.prefix, a.strip_prefix)] for f in files],
@@ -76,7 +76,7 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
     p = rc.params
     sources = {f.relpath: f.path for f in rc.action.inputs}
     dest_of = {rel: dest for rel, dest in p["entries"]}
-    modes = {dest_of[rel]: int(m, 8) for rel, m in p["mode_map"].items() if rel in dest_of}
+    modes = {dest_of[rel].lstrip("/"): int(m, 8) for rel, m in p["mode_map"].items() if rel in dest_of}
     entries = [
         replace(e, mode=modes[e.path]) if e.path in modes else e
         for e in entries_from_files({dest: sources[rel] for rel, dest in p["entries"]})

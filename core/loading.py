@@ -9,6 +9,7 @@ Errors are reported as ``file:line:column: message`` with a "did you mean".
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import os
 import re
@@ -35,6 +36,7 @@ class Package:
     directory: Path
     build_file: Path
     targets: dict[str, TargetDef] = field(default_factory=dict)
+    listing: list[str] | None = None  # the package's files, listed on first glob()
 
 
 def _first_location(text: str) -> str:
@@ -184,8 +186,10 @@ class Loader:
         pkg = self._current
         if pkg is None:
             return []
+        if pkg.listing is None:
+            pkg.listing = list_package(pkg.directory)
         try:
-            return glob_package(pkg.directory, include, exclude or [], allow_empty)
+            return glob_package(pkg.directory, include, exclude or [], allow_empty, pkg.listing)
         except ForgeError as exc:
             self._pending = exc
             raise
@@ -249,28 +253,54 @@ class Loader:
         return f"{rel}:{text.count(chr(10), 0, m.start()) + 1}" if m else rel
 
 
-def glob_package(directory: Path, include: list[str], exclude: list[str], allow_empty: bool = True) -> list[str]:
-    """Files under ``directory`` matching ``include`` minus ``exclude``, sorted.
-
-    ``**`` matches any number of directories. Subpackages (directories with their own
-    BUILD file) are not entered, as in Bazel. Patterns may not leave the package.
-    """
-    for pat in [*include, *exclude]:
-        if not isinstance(pat, str) or pat.startswith("/") or ".." in pat.split("/"):
-            raise BuildFileError(f"glob pattern {pat!r} must be relative and stay inside the package")
+def list_package(directory: Path) -> list[str]:
+    """Every file of a package (not entering subpackages), package-relative, sorted."""
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(directory):
         rel_dir = os.path.relpath(dirpath, directory)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         dirnames[:] = [
             d for d in dirnames
-            if d not in SKIP_DIRS and not any((Path(dirpath) / d / b).is_file() for b in BUILD_NAMES)
+            if d not in SKIP_DIRS and not any(os.path.isfile(os.path.join(dirpath, d, b)) for b in BUILD_NAMES)
         ]
-        for fname in filenames:
-            files.append(f"{rel_dir}/{fname}" if rel_dir else fname)
-    inc = [_compile_glob(p) for p in include]
+        files.extend(f"{rel_dir}/{f}" if rel_dir else f for f in filenames)
+    files.sort()
+    return files
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The leading directories of a pattern that hold no wildcard (``a/b/*.c`` -> ``a/b/``)."""
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed) + "/" if fixed else ""
+
+
+def glob_package(directory: Path, include: list[str], exclude: list[str], allow_empty: bool = True,
+                 listing: list[str] | None = None) -> list[str]:
+    """Files under ``directory`` matching ``include`` minus ``exclude``, sorted.
+
+    ``**`` matches any number of directories. Subpackages (directories with their own
+    BUILD file) are not entered, as in Bazel. Patterns may not leave the package.
+    ``listing`` is the package's file list when the caller already has it (the loader
+    lists each package once, so a BUILD file with a thousand globs walks it once).
+    """
+    for pat in [*include, *exclude]:
+        if not isinstance(pat, str) or pat.startswith("/") or ".." in pat.split("/"):
+            raise BuildFileError(f"glob pattern {pat!r} must be relative and stay inside the package")
+    files = listing if listing is not None else list_package(directory)
     exc = [_compile_glob(p) for p in exclude]
-    out = sorted(f for f in files if any(r.match(f) for r in inc) and not any(r.match(f) for r in exc))
+    found: set[str] = set()
+    for pattern in include:
+        regex = _compile_glob(pattern)
+        prefix = _literal_prefix(pattern)
+        lo = bisect.bisect_left(files, prefix)
+        hi = bisect.bisect_left(files, prefix + "\uffff") if prefix else len(files)
+        found.update(f for f in files[lo:hi] if regex.match(f))
+    out = sorted(f for f in found if not any(r.match(f) for r in exc))
     if not out and not allow_empty:
         raise BuildFileError(f"glob({include}) matched no files in {directory}")
     return out

@@ -106,12 +106,10 @@ class Session:
     def resolve(self, patterns: list[str]) -> list[Label]:
         if not patterns:
             raise UsageError("no target given; e.g. `forge build //...`")
-        labels: list[Label] = []
+        labels: dict[Label, None] = {}
         for text in patterns:
-            for label in self.loader.expand(parse_pattern(text)):
-                if label not in labels:
-                    labels.append(label)
-        return labels
+            labels.update(dict.fromkeys(self.loader.expand(parse_pattern(text))))
+        return list(labels)
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
         analyzer = Analyzer(self.loader, self.default_platform)

@@ -51,7 +51,15 @@ from forge.core.elf.loaderconf import (
 )
 from forge.core.elf.rootfs import FILE, Resolved, RootFS, RootFSError
 
-__all__ = ["ElfInfo", "Library", "LibraryResolver", "Reason", "Resolution"]
+__all__ = [
+    "ElfInfo",
+    "Library",
+    "LibraryResolver",
+    "Reason",
+    "Resolution",
+    "ld_library_path_from_env",
+    "resolve_needed",
+]
 
 HOWS = ("rpath", "ld_library_path", "runpath", "ld.so.conf", "default", "interp", "direct")
 PRELOAD_FILE = "/etc/ld.so.preload"
@@ -78,6 +86,7 @@ class Library:
     realpath: str
     links: tuple[str, ...]
     reasons: list[Reason] = field(default_factory=list)
+    _seen: set[Reason] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def keep(self) -> tuple[str, ...]:
@@ -110,7 +119,8 @@ class Resolution:
         lib = self.libraries.get(path)
         if lib is None:
             lib = self.libraries[path] = Library(path, resolved.path, resolved.links)
-        if reason not in lib.reasons:
+        if reason not in lib._seen:
+            lib._seen.add(reason)
             lib.reasons.append(reason)
 
 
@@ -153,6 +163,23 @@ class _Arch:
     lib: str
     platform: str
     defaults: tuple[str, ...]
+
+
+def ld_library_path_from_env(env: Iterable[str] | None) -> str:
+    """``LD_LIBRARY_PATH`` from an image config's ``Env`` (``NAME=value`` strings, the
+    last assignment winning as in ``docker run``), or ``''``."""
+    value = ""
+    for item in env or ():
+        name, sep, rest = item.partition("=")
+        if sep and name == "LD_LIBRARY_PATH":
+            value = rest
+    return value
+
+
+def resolve_needed(rootfs: RootFS, paths: str | Iterable[str],
+                   ld_library_path: str | Sequence[str] = ()) -> Resolution:
+    """Resolve ``paths`` in ``rootfs`` once (see ``LibraryResolver`` to reuse caches)."""
+    return LibraryResolver(rootfs, ld_library_path).resolve(paths)
 
 
 class LibraryResolver:

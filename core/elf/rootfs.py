@@ -244,17 +244,16 @@ class RootFS:
 
     def walk_files(self, top: str = "/") -> Iterator[str]:
         """Every regular file under ``top`` (symlinks are not followed), sorted."""
-        found = self._require(top)
-        stack = [found.path]
-        while stack:
-            directory = stack.pop()
-            for name in sorted(self._names(directory), reverse=True):
+
+        def walk(directory: str) -> Iterator[str]:
+            for name in sorted(self._names(directory)):
                 kind = self._kind(directory, name)
-                path = join(directory, name)
                 if kind == DIR:
-                    stack.append(path)
+                    yield from walk(join(directory, name))
                 elif kind == FILE:
-                    yield path
+                    yield join(directory, name)
+
+        return walk(self._require(top).path)
 
 
 class DirectoryRootFS(RootFS):

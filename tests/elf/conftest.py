@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.elf.util import in_root
 from tests.services import in_ci, testdata_dir
 
 ARM64_PACKAGES = (
@@ -106,10 +107,12 @@ def arm64_root() -> Path:
 
 
 def arm64_list(root: Path, path: str) -> subprocess.CompletedProcess[str]:
-    """``ld.so --list`` of the arm64 loader under QEMU, chrooted into ``root``."""
-    return subprocess.run(["chroot", str(root), ARM64_QEMU, ARM64_LOADER, "--list", path],
+    """The arm64 loader's list of what ``path`` loads (as ``ldd`` asks it: the
+    ``LD_TRACE_LOADED_OBJECTS`` environment variable, which QEMU passes to the guest),
+    run under QEMU chrooted into ``root``."""
+    return subprocess.run([ARM64_QEMU, ARM64_LOADER, path], preexec_fn=in_root(root),
                           capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin", "LD_TRACE_LOADED_OBJECTS": "1"})
 
 
 def is_elf(path: str) -> bool:

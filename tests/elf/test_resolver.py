@@ -305,3 +305,11 @@ def test_inputs_that_load_nothing_and_inputs_that_do_not_exist(root: Path) -> No
     assert result.libraries == {} and result.missing == []
     with pytest.raises(NoSuchPathError, match=r"/usr/bin/scirpt \(did you mean 'script'\?\)"):
         resolver.resolve("/usr/bin/scirpt")
+
+
+def test_ld_library_path_from_an_image_env() -> None:
+    from forge.core.elf import ld_library_path_from_env
+
+    env = ["PATH=/usr/bin", "LD_LIBRARY_PATH=/a", "LD_LIBRARY_PATH=/opt/x:/opt/y", "X"]
+    assert ld_library_path_from_env(env) == "/opt/x:/opt/y"
+    assert ld_library_path_from_env(None) == ""

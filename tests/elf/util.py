@@ -177,7 +177,7 @@ def tar_layer(path: Path, files: dict[str, bytes | str | None], *, compress: str
 def compress_file(path: Path, compress: str) -> Path:
     if compress == "gzip":
         out = path.with_suffix(".tar.gz")
-        out.write_bytes(gzip.compress(path.read_bytes()))
+        out.write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
     elif compress == "zstd":
         out = path.with_suffix(".tar.zst")
         out.write_bytes(zstandard.ZstdCompressor().compress(path.read_bytes()))

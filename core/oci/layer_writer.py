@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from forge.core.cas import CAS
 from forge.core.errors import ActionFailed
@@ -254,7 +254,7 @@ class _BlobSink:
     zstd release the GIL.
     """
 
-    def __init__(self, out: BinaryIO, kind: str, level: int | None):
+    def __init__(self, out: Any, kind: str, level: int | None):  # out: a CAS.writer() sink
         self._out = out
         self._kind = kind
         self._compressor = comp.new_compressor(kind, level)
@@ -262,7 +262,7 @@ class _BlobSink:
         self._pending = bytearray()
         self._offset = 0
         self._error: BaseException | None = None
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[bytes | bytearray | memoryview | None] = queue.Queue(maxsize=4)
         self._worker: threading.Thread | None = None
         if kind != comp.NONE:
             self._worker = threading.Thread(target=self._work, name="forge-layer-compress", daemon=True)
@@ -276,23 +276,34 @@ class _BlobSink:
                 except BaseException as e:  # re-raised in the writing thread
                     self._error = e
 
-    def _emit(self, chunk: bytes) -> None:
-        self._diff.update(chunk)
-        if self._worker is None:
+    def _emit(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._worker is None:  # uncompressed: the CAS writer's hash is the diff_id
             self._out.write(chunk)
             return
+        self._diff.update(chunk)
         if self._error is not None:
             raise self._error
         self._queue.put(chunk)
 
     def write(self, data: bytes) -> int:
-        self._pending += data
-        self._offset += len(data)
-        while len(self._pending) >= comp.CHUNK:
-            chunk = bytes(self._pending[: comp.CHUNK])
-            del self._pending[: comp.CHUNK]
-            self._emit(chunk)
-        return len(data)
+        """Cut into CHUNKs copying as little as possible: whole CHUNKs of an immutable
+        ``bytes`` go on as views, only the bytes around them pass through ``_pending``."""
+        size = len(data)
+        self._offset += size
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if self._pending:
+            fill = comp.CHUNK - len(self._pending)
+            self._pending += view[:fill]
+            view = view[fill:]
+            if len(self._pending) < comp.CHUNK:
+                return size
+            self._emit(self._pending)
+            self._pending = bytearray()
+        while len(view) >= comp.CHUNK:
+            self._emit(view[: comp.CHUNK])
+            view = view[comp.CHUNK :]
+        self._pending += view
+        return size
 
     def tell(self) -> int:
         return self._offset
@@ -300,11 +311,13 @@ class _BlobSink:
     def finish(self) -> str:
         """Flush everything; return the diff_id."""
         if self._pending:
-            self._emit(bytes(self._pending))
-            self._pending.clear()
+            self._emit(self._pending)
+            self._pending = bytearray()
         self.stop()
         if self._error is not None:
             raise self._error
+        if self._worker is None:
+            return self._out.digest
         self._out.write(self._compressor.flush())
         return "sha256:" + self._diff.hexdigest()
 

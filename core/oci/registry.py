@@ -108,8 +108,11 @@ def parse_reference(ref: str) -> Reference:
 
 
 def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name in ("localhost", "127.0.0.1", "::1", "[::1]") or name.startswith("127.")
+    if host.startswith("["):  # [::1]:5000
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name in ("localhost", "::1") or name.startswith("127.")
 
 
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
@@ -353,6 +356,8 @@ class RegistryClient:
             raise RegistryError(f"{what}: the registry sent other content ({e})") from None
         except requests.RequestException as e:
             raise RegistryError(f"{what} failed: {_reason(e)}") from None
+        except ValueError as e:  # oras: "Cannot respond to request for authentication."
+            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({e})") from None
 
     def read_blob(self, repo: str, digest: str) -> bytes:
         """A small blob (a config) into memory, verified, not stored."""

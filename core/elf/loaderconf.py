@@ -13,7 +13,10 @@
   image's cache may be stale (files added after the last ldconfig) or absent, and a
   minimized image will get a fresh one, so forge emulates the cache by searching the
   ld.so.conf directories in file order — which is the cache's answer for every library
-  whose soname link ldconfig made, the normal case.
+  whose soname link ldconfig made, the normal case (the tests check it against caches
+  written by ldconfig, duplicates across directories included). The price: an image
+  that never ran ldconfig finds nothing through ld.so.conf at run time, while forge
+  does; Debian runs it from libc-bin's trigger whenever a library package is installed.
 * **Dynamic string tokens** (``$ORIGIN``, ``$LIB``, ``$PLATFORM``, braced or not), as
   glibc's ``_dl_dst_substitute`` expands them in RPATH, RUNPATH, LD_LIBRARY_PATH and
   DT_NEEDED.

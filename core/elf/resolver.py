@@ -99,8 +99,11 @@ class Resolution:
     """The result of ``LibraryResolver.resolve``.
 
     ``libraries`` maps each opened path to its ``Library``; ``closure`` maps each input to
-    the paths its load opens, in load order; ``missing`` lists ``(file, soname)`` never
-    found; ``errors`` lists ``(file, soname, message)`` for loads glibc would abort.
+    the paths its load opens, in load order (ldd prints the same, except for a second path
+    to an already-loaded file, which glibc opens and then drops for the first); ``missing``
+    lists ``(file, soname)`` never found, ``file`` being the object whose DT_NEEDED (or
+    PT_INTERP) names it; ``errors`` lists ``(file, soname, message)`` for loads glibc would
+    abort (they are in ``missing`` too).
     """
 
     libraries: dict[str, Library] = field(default_factory=dict)
@@ -429,11 +432,13 @@ class _Walk:
             if outcome.message:
                 self.result.errors.append((needed_by, name, outcome.message))
             return
-        self.record(outcome, needed_by, name)
         known = self.by_real.get(outcome.resolved.path)
-        if known is not None:  # the same file under another name: glibc reuses it
+        if known is not None:  # the same file under another path: glibc reuses the object
             self.by_name.setdefault(name, known)
+            if known is not self.main:
+                self.record(outcome, needed_by, name)
             return
+        self.record(outcome, needed_by, name)
         info = self.resolver.elf_info(outcome.resolved.path)
         assert info is not None
         obj = _Obj(outcome, info, posixpath.dirname(outcome.path))

@@ -193,3 +193,50 @@ def tar_tree(root: Path, out: Path, *, compress: str = "") -> Path:
         for entry in sorted(root.rglob("*")):
             tf.add(entry, arcname=str(entry.relative_to(root)), recursive=False)
     return compress_file(out, compress)
+
+
+def make_elf(path: Path, machine: int, *, elfclass: int = 64, little: bool = True,
+             flags: int = 0, etype: int = 3, interp: str | None = None,
+             needed: tuple[str, ...] = (), soname: str | None = None,
+             rpath: str | None = None, runpath: str | None = None,
+             extra: bytes = b"") -> Path:
+    """Write a minimal ELF file of any machine: the header, PT_LOAD/PT_INTERP/PT_DYNAMIC
+    and a dynamic section with the given tags — all the loader reads, and enough for
+    tests of architectures no compiler here targets. ``extra`` is appended as data."""
+    end = "<" if little else ">"
+    is64 = elfclass == 64
+    ehsize, phentsize, dynsize = (64, 56, 16) if is64 else (52, 32, 8)
+    strtab = bytearray(b"\0")
+
+    def string(s: str) -> int:
+        strtab.extend(s.encode() + b"\0")
+        return len(strtab) - len(s) - 1
+
+    tags = [(1, string(n)) for n in needed]
+    for tag, value in ((14, soname), (15, rpath), (29, runpath)):
+        if value is not None:
+            tags.append((tag, string(value)))
+    phnum = 2 + (interp is not None)
+    interp_at = ehsize + phnum * phentsize
+    interp_bytes = (interp.encode() + b"\0") if interp is not None else b""
+    str_at = interp_at + len(interp_bytes)
+    dyn_at = str_at + len(strtab)
+    tags += [(5, str_at), (10, len(strtab)), (0, 0)]
+    dyn = b"".join(struct.pack(end + ("qQ" if is64 else "iI"), t, v) for t, v in tags)
+    total = dyn_at + len(dyn) + len(extra)
+
+    def phdr(p_type: int, offset: int, size: int) -> bytes:
+        if is64:
+            return struct.pack(end + "IIQQQQQQ", p_type, 4, offset, offset, offset, size, size, 8)
+        return struct.pack(end + "IIIIIIII", p_type, offset, offset, offset, size, size, 4, 4)
+
+    phdrs = phdr(1, 0, total) + phdr(2, dyn_at, len(dyn))
+    if interp is not None:
+        phdrs += phdr(3, interp_at, len(interp_bytes))
+    ident = b"\x7fELF" + bytes([1 if not is64 else 2, 1 if little else 2, 1]) + bytes(9)
+    word = "Q" if is64 else "I"
+    header = ident + struct.pack(end + "HHI" + word * 3 + "IHHHHHH", etype, machine, 1, 0,
+                                 ehsize, 0, flags, ehsize, phentsize, phnum, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + phdrs + interp_bytes + bytes(strtab) + dyn + extra)
+    return path

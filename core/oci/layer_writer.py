@@ -256,7 +256,6 @@ class _BlobSink:
 
     def __init__(self, out: Any, kind: str, level: int | None):  # out: a CAS.writer() sink
         self._out = out
-        self._kind = kind
         self._compressor = comp.new_compressor(kind, level)
         self._diff = hashlib.sha256()
         self._pending = bytearray()

@@ -257,7 +257,7 @@ class LibraryResolver:
         return result
 
     def _walk(self, path: str, result: Resolution) -> None:
-        resolved = self.rootfs._require(path)
+        resolved = self.rootfs.require(path)
         info = self.elf_info(resolved.path) if resolved.entry_kind == FILE else None
         result.closure[path] = ()
         if info is None or not (info.dynamic or info.interp):

@@ -160,9 +160,10 @@ class RootFS:
     def realpath(self, path: str) -> str:
         """The real path of ``path`` inside the root; raises NoSuchPathError if it
         does not resolve (missing, dangling or looping)."""
-        return self._require(path).path
+        return self.require(path).path
 
-    def _require(self, path: str, follow: bool = True) -> Resolved:
+    def require(self, path: str, follow: bool = True) -> Resolved:
+        """``resolve`` or raise NoSuchPathError, with a "did you mean" from the parent."""
         found = self.resolve(path, follow=follow)
         if found is None:
             parent, _, name = path.rstrip("/").rpartition("/")
@@ -200,14 +201,14 @@ class RootFS:
 
     def listdir(self, path: str) -> list[str]:
         """Sorted names in the directory ``path`` leads to."""
-        found = self._require(path)
+        found = self.require(path)
         if found.entry_kind != DIR:
             raise RootFSError(f"{self}: not a directory: {path}")
         return sorted(self._names(found.path))
 
     def open(self, path: str) -> BinaryIO:
         """Open the regular file ``path`` leads to, for binary reading."""
-        found = self._require(path)
+        found = self.require(path)
         if found.entry_kind != FILE:
             raise RootFSError(f"{self}: not a regular file: {path} ({found.entry_kind})")
         return self._open(found.path)
@@ -253,7 +254,7 @@ class RootFS:
                 elif kind == FILE:
                     yield join(directory, name)
 
-        return walk(self._require(top).path)
+        return walk(self.require(top).path)
 
 
 class DirectoryRootFS(RootFS):

@@ -29,6 +29,7 @@ from forge.core.elf.resolver import (
     LibraryResolver,
     Reason,
     Resolution,
+    env_value,
     ld_library_path_from_env,
     resolve_needed,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Resolution",
     "RootFS",
     "RootFSError",
+    "env_value",
     "ld_library_path_from_env",
     "read_elf_info",
     "resolve_needed",

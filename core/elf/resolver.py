@@ -4,7 +4,8 @@ statically in an image's root filesystem, for any architecture.
 For each input file the loader's breadth-first walk is replayed (``_dl_map_object_deps``):
 the file itself (loaded as the main program, as ``ld.so --list FILE`` does), its
 ``PT_INTERP`` (or, for a library, the architecture's default interpreter, which appears
-in the result only if something needs its soname), ``/etc/ld.so.preload``, then every
+in the result only if something needs its soname), ``LD_PRELOAD`` and
+``/etc/ld.so.preload``, then every
 object's ``DT_NEEDED`` in order. A name that matches an already-loaded object — the name
 it was asked for, the path it was opened as, or its ``DT_SONAME`` — is not searched again,
 and a search that lands on an already-loaded file reuses it. A name containing ``/`` is
@@ -28,7 +29,7 @@ glibc fail that load, reported in ``errors`` and ``missing``. Relative paths are
 ``/`` (the image's working directory is not known here).
 
 Not emulated: glibc-hwcaps and legacy hwcap subdirectories (CPU-dependent; Debian ships no
-library only there), ``LD_PRELOAD``, secure-mode (setuid) restrictions, dlopen().
+library only there), secure-mode (setuid) restrictions, ``LD_AUDIT``, dlopen().
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ __all__ = [
     "LibraryResolver",
     "Reason",
     "Resolution",
+    "env_value",
     "ld_library_path_from_env",
     "resolve_needed",
 ]
 
 HOWS = ("rpath", "ld_library_path", "runpath", "ld.so.conf", "default", "interp", "direct")
 PRELOAD_FILE = "/etc/ld.so.preload"
+LD_PRELOAD = "LD_PRELOAD"  # the needed_by of a library the environment preloads
 _STOP = object()  # a sentinel: open() failed with ELOOP
 _VALID_OSABI = {0, 3}  # ELFOSABI_SYSV, ELFOSABI_GNU (ARM also accepts ELFOSABI_ARM_AEABI)
 
@@ -168,15 +171,20 @@ class _Arch:
     defaults: tuple[str, ...]
 
 
-def ld_library_path_from_env(env: Iterable[str] | None) -> str:
-    """``LD_LIBRARY_PATH`` from an image config's ``Env`` (``NAME=value`` strings, the
+def env_value(env: Iterable[str] | None, name: str) -> str:
+    """The value of ``name`` in an image config's ``Env`` (``NAME=value`` strings, the
     last assignment winning as in ``docker run``), or ``''``."""
     value = ""
     for item in env or ():
-        name, sep, rest = item.partition("=")
-        if sep and name == "LD_LIBRARY_PATH":
+        key, sep, rest = item.partition("=")
+        if sep and key == name:
             value = rest
     return value
+
+
+def ld_library_path_from_env(env: Iterable[str] | None) -> str:
+    """``LD_LIBRARY_PATH`` from an image config's ``Env``, or ``''``."""
+    return env_value(env, "LD_LIBRARY_PATH")
 
 
 def resolve_needed(rootfs: RootFS, paths: str | Iterable[str],
@@ -189,22 +197,28 @@ class LibraryResolver:
     """Resolves DT_NEEDED statically inside ``rootfs``.
 
     ``ld_library_path`` is the image's ``LD_LIBRARY_PATH`` (a string, split on ``:`` and
-    ``;``, or a list of directories); ``platform`` overrides ``$PLATFORM``; ``ld_so_conf``
+    ``;``, or a list of directories); ``ld_preload`` its ``LD_PRELOAD`` (split on spaces
+    and ``:``), loaded before ``/etc/ld.so.preload`` (unless ``preload=False``);
+    ``platform`` overrides ``$PLATFORM``; ``ld_so_conf``
     is the conf file emulating ld.so.cache (``None`` for an image without one). Parsed ELF
     headers and search results are cached, so one resolver over many files is fast; the
     root filesystem must not change meanwhile.
     """
 
     def __init__(self, rootfs: RootFS, ld_library_path: str | Sequence[str] = (), *,
-                 platform: str | None = None, ld_so_conf: str | None = "/etc/ld.so.conf",
-                 preload: bool = True) -> None:
+                 ld_preload: str | Sequence[str] = (), platform: str | None = None,
+                 ld_so_conf: str | None = "/etc/ld.so.conf", preload: bool = True) -> None:
         self.rootfs = rootfs
         if isinstance(ld_library_path, str):
             ld_library_path = split_search_path(ld_library_path, ":;")
         self.ld_library_path = tuple(ld_library_path)
+        if isinstance(ld_preload, str):
+            ld_preload = ld_preload.replace(":", " ").split()
         self.platform = platform
         self.conf_dirs = read_ld_so_conf(rootfs, ld_so_conf) if ld_so_conf else ()
-        self.preload = self._read_preload() if preload else ()
+        self.preload = tuple((LD_PRELOAD, name) for name in ld_preload)
+        if preload:
+            self.preload += tuple((PRELOAD_FILE, name) for name in self._read_preload())
         self._infos: dict[str, ElfInfo | None] = {}
         self._arches: dict[tuple, _Arch] = {}
         self._searches: dict[tuple, _Found | _Failed] = {}
@@ -393,8 +407,8 @@ class _Walk:
         self.register(main, main.found.path)
         self.load_interp()
         self.queue.append(main)
-        for name in self.resolver.preload:
-            self.need(PRELOAD_FILE, name, main)
+        for source, name in self.resolver.preload:
+            self.need(source, name, main)
         while self.queue:
             obj = self.queue.popleft()
             for name in obj.info.needed:

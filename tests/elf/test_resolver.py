@@ -257,14 +257,18 @@ def test_needed_with_a_slash_is_opened_directly(root: Path) -> None:
     check_loader(root, "/usr/bin/prog", result)
 
 
-def test_ld_so_preload(root: Path) -> None:
+def test_ld_preload_and_ld_so_preload(root: Path) -> None:
     shared_lib(root, f"{LIBDIR}/libpre.so.1", "libpre.so.1")
+    shared_lib(root, "/opt/p/libenv.so.1", "libenv.so.1")
     (root / "etc/ld.so.preload").write_text("libpre.so.1\n")
     program(root, "/usr/bin/prog", (), ())
-    result = resolve(root, "/usr/bin/prog")
+    resolver = LibraryResolver(DirectoryRootFS(root), ld_preload="/opt/p/libenv.so.1")
+    result = resolver.resolve("/usr/bin/prog")
     assert reasons(result, "/lib/x86_64-linux-gnu/libpre.so.1")[0].needed_by == (
         "/etc/ld.so.preload")
-    check_loader(root, "/usr/bin/prog", result)
+    assert reasons(result, "/opt/p/libenv.so.1") == [
+        Reason("LD_PRELOAD", "/opt/p/libenv.so.1", "/opt/p", "direct")]
+    check_loader(root, "/usr/bin/prog", result, LD_PRELOAD="/opt/p/libenv.so.1")
 
 
 def test_nodefaultlib_skips_cache_and_default_directories(root: Path) -> None:
@@ -308,8 +312,9 @@ def test_inputs_that_load_nothing_and_inputs_that_do_not_exist(root: Path) -> No
 
 
 def test_ld_library_path_from_an_image_env() -> None:
-    from forge.core.elf import ld_library_path_from_env
+    from forge.core.elf import env_value, ld_library_path_from_env
 
     env = ["PATH=/usr/bin", "LD_LIBRARY_PATH=/a", "LD_LIBRARY_PATH=/opt/x:/opt/y", "X"]
     assert ld_library_path_from_env(env) == "/opt/x:/opt/y"
     assert ld_library_path_from_env(None) == ""
+    assert env_value(env, "PATH") == "/usr/bin" and env_value(env, "X") == ""

@@ -263,7 +263,7 @@ def doctor(ctx) -> None:
 
 @main.group()
 def cache() -> None:
-    """Inspect and trim the local cache."""
+    """Inspect and trim the local cache; push results to the remote cache."""
 
 
 @cache.command("stats")
@@ -295,6 +295,25 @@ def cache_gc(ctx, max_size) -> None:
     session = _session(ctx)
     removed, freed, dropped = gc(session, parse_size(max_size))
     click.echo(f"removed {removed} blobs ({human_size(freed)}), {dropped} action results")
+
+
+@cache.command("push")
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--remote-cache", "remote_cache", help="Remote cache URL (default: [remote_cache] url).")
+@click.option("--platform", help="Default platform, as for build.")
+@click.option("-j", "--jobs", type=int, help="Actions to run at once, if some must be built.")
+@click.pass_context
+def cache_push(ctx, patterns, remote_cache, platform, jobs) -> None:
+    """Upload every action result of PATTERNS' graph to the remote cache (building what
+    the local cache lacks first), whether or not the remote is configured writable."""
+    from forge.core.report import PlainReporter, human_size
+    from forge.plugins.oci_cache import push_results
+
+    session = _session(ctx, PlainReporter(), platform=platform, jobs=jobs, remote_cache_url=remote_cache)
+    s = push_results(session, list(patterns))
+    click.echo(f"{s.actions} action results ({s.built} built now): {s.stats.results} pushed to "
+               f"{s.remote}, {s.stats.present} already there; {s.stats.blobs} blobs "
+               f"({human_size(s.stats.bytes)}) uploaded")
 
 
 @main.command()

@@ -1,0 +1,154 @@
+"""Fixtures for the remote cache tests: unique cache repositories on the real registries,
+throwaway registries a test may kill, registry listings, Docker config files.
+
+Every test uses its own repository (``forge-cache-test/<uuid>``) so tests never see each
+other's results; the shared registries come from ``scripts/services.sh``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services import in_ci, require_registry
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+PLUGIN = '[plugins]\nmodules = ["tests.core.fake_rules", "tests.remote.kill_plugin"]\n'
+
+
+def workspace_toml(url: str | None = None, write: bool = False, extra: str = "") -> str:
+    """A WORKSPACE.toml with the test rules and, when ``url`` is set, a remote cache."""
+    text = '[workspace]\nname = "remote"\n' + PLUGIN
+    if url:
+        text += f'[remote_cache]\nurl = "{url}"\nwrite = {"true" if write else "false"}\n{extra}'
+    return text
+
+
+def unique_repo() -> str:
+    return f"forge-cache-test/{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def cache_url() -> str:
+    """``127.0.0.1:5000/forge-cache-test/<uuid>``: a repository no other test uses."""
+    return f"{require_registry()}/{unique_repo()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, auth: tuple[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def catalog(host: str, auth: tuple[str, str] | None = None) -> list[str]:
+    """Every repository of the registry (``/v2/_catalog``, page by page)."""
+    repos: list[str] = []
+    while True:
+        last = f"&last={repos[-1]}" if repos else ""
+        status, body = get_json(f"http://{host}/v2/_catalog?n=1000{last}", auth)
+        assert status == 200, body
+        page = body.get("repositories") or []
+        repos += page
+        if len(page) < 1000:
+            return sorted(repos)
+
+
+def tags(host: str, repo: str, auth: tuple[str, str] | None = None) -> list[str] | None:
+    """The repository's tags, or None when the registry does not know the repository."""
+    status, body = get_json(f"http://{host}/v2/{repo}/tags/list", auth)
+    if status == 404:
+        return None
+    assert status == 200, body
+    return sorted(body.get("tags") or [])
+
+
+def docker_config(directory: Path, host: str, user: str, password: str) -> Path:
+    """A Docker config directory whose ``config.json`` logs ``user`` into ``host``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (directory / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return directory
+
+
+@dataclass
+class Throwaway:
+    """A registry process of our own, on a port of its own, that a test may kill."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def throwaway_registry(tmp_path: Path):
+    """Start ``docker-registry serve`` on a free port with storage under ``tmp_path``."""
+    if shutil.which(REGISTRY_BIN) is None:
+        msg = f"{REGISTRY_BIN} is missing (package docker-registry; scripts/services.sh installs it)"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    port = free_port()
+    root = tmp_path / "throwaway-registry"
+    root.mkdir()
+    conf = root / "config.yml"
+    conf.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(root / "registry.log", "wb")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen([REGISTRY_BIN, "serve", str(conf)], stdout=log, stderr=log,
+                               stdin=subprocess.DEVNULL)
+    registry = Throwaway(port, root, process)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{registry.host}/v2/", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"throwaway registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.05)
+        yield registry
+    finally:
+        registry.stop()
+        log.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    return free_port()

@@ -100,27 +100,19 @@ class CAS:
     # -- writing -----------------------------------------------------------------------
     def put_bytes(self, data: bytes) -> Descriptor:
         digest = sha256_digest(data)
-        dest = self.path(digest)
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._tmp)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.chmod(tmp, BLOB_MODE)
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+        if not self.path(digest).exists():
+            with self.writer(expected=digest) as w:
+                w.write(data)
         return Descriptor(digest, len(data))
 
     @contextlib.contextmanager
     def writer(self, expected: str | None = None) -> Iterator[_HashingWriter]:
         """Stream a blob in; it is named by what was written, after the block ends.
 
-        With ``expected`` set, content that hashes differently is discarded and
-        BlobMissing is raised: nothing unverified ever gets a name in the store.
-        The descriptor is available as ``w.digest``/``w.size`` after the block.
+        This is the one way content enters the store: a temp file in ``tmp/``, hashed as
+        written, renamed to its name only when whole. With ``expected`` set, content that
+        hashes differently is discarded and BlobMissing is raised: nothing unverified ever
+        gets a name. The descriptor is available as ``w.digest``/``w.size`` afterwards.
         """
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._tmp)
         try:
@@ -142,6 +134,10 @@ class CAS:
 
     def put_file(self, src: Path, *, move: bool = False) -> Descriptor:
         """Store a file's content; ``move`` renames it in when it is ours to take."""
+        if not move:
+            with open(src, "rb") as fh, self.writer() as w:
+                shutil.copyfileobj(fh, w, CHUNK)
+            return Descriptor(w.digest, w.size)
         h = hashlib.sha256()
         size = 0
         with open(src, "rb") as fh:
@@ -151,23 +147,10 @@ class CAS:
         digest = "sha256:" + h.hexdigest()
         dest = self.path(digest)
         if dest.exists():
-            if move:
-                os.unlink(src)
-            return Descriptor(digest, size)
-        if move:
+            os.unlink(src)
+        else:
             os.chmod(src, BLOB_MODE)
             os.replace(src, dest)
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._tmp)
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)
-                os.chmod(tmp, BLOB_MODE)
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
         return Descriptor(digest, size)
 
     def tempdir(self) -> Path:

@@ -109,9 +109,9 @@ def main() -> int:
 
         out = work / "out"
         tools = [
-            ("`tar --sort=name \\| gzip -6`", shell(tree, "gzip -6", out), "no (gzip name/time unless -n)"),
-            ("`tar --sort=name \\| pigz -6`", shell(tree, "pigz -6", out), "no (mtimes, owners, umask)"),
-            ("`tar --sort=name` (no compression)", shell(tree, "cat", out), "no (mtimes, owners, umask)"),
+            ("`tar --sort=name \\| gzip -6`", shell(tree, "gzip -6", out), "no (tar: mtimes, owners, umask)"),
+            ("`tar --sort=name \\| pigz -6`", shell(tree, "pigz -6", out), "no (tar, and pigz's header time)"),
+            ("`tar --sort=name` (no compression)", shell(tree, "cat", out), "no (tar: mtimes, owners, umask)"),
             ("forge gzip (ISA-L level 1)", forge(tree, work, comp.GZIP, 1), "yes"),
             ("forge gzip (ISA-L level 2, default)", forge(tree, work, comp.GZIP, 2), "yes"),
             ("forge gzip (ISA-L level 3)", forge(tree, work, comp.GZIP, 3), "yes"),

@@ -62,6 +62,10 @@ class RegistryAuthError(RegistryError):
     """A registry wants credentials forge does not have, or refused the ones it has."""
 
 
+class ManifestUnknown(RegistryError):
+    """The repository has no manifest under that tag or digest (a typo, or a cache miss)."""
+
+
 class UnpinnedReference(RegistryError):
     """A pull named a tag but no digest; the message gives the digest to pin."""
 
@@ -388,7 +392,7 @@ class RegistryClient:
         what = f"manifest {self.host}/{repo}{'@' if ref.startswith('sha256:') else ':'}{ref}"
         response = self._request(what, self._api(repo, "manifests", ref), headers={"Accept": ", ".join(ACCEPT)})
         if response.status_code == 404:
-            raise RegistryError(f"{what} does not exist{_registry_errors(response)}")
+            raise ManifestUnknown(f"{what} does not exist{_registry_errors(response)}")
         if response.status_code != 200:
             raise self._fail(what, response)
         data = response.content
@@ -402,14 +406,25 @@ class RegistryClient:
         media_type = media_type or response.headers.get("Content-Type", "").split(";")[0].strip()
         return data, media_type, digest
 
-    def resolve_tag(self, repo: str, tag: str) -> str:
-        """The digest a tag points at now."""
-        what = f"manifest {self.host}/{repo}:{tag}"
-        response = self._request(what, self._api(repo, "manifests", tag), "HEAD", headers={"Accept": ", ".join(ACCEPT)})
+    def _head_manifest(self, repo: str, ref: str) -> requests.Response | None:
+        """HEAD a manifest: the response, or None when there is none."""
+        what = f"manifest {self.host}/{repo}{'@' if ref.startswith('sha256:') else ':'}{ref}"
+        response = self._request(what, self._api(repo, "manifests", ref), "HEAD", headers={"Accept": ", ".join(ACCEPT)})
         if response.status_code == 404:
-            raise RegistryError(f"{what} does not exist")
+            return None
         if response.status_code != 200:
             raise self._fail(what, response)
+        return response
+
+    def has_manifest(self, repo: str, ref: str) -> bool:
+        """Whether a tag or digest names a manifest in ``repo``."""
+        return self._head_manifest(repo, ref) is not None
+
+    def resolve_tag(self, repo: str, tag: str) -> str:
+        """The digest a tag points at now; ManifestUnknown when there is no such tag."""
+        response = self._head_manifest(repo, tag)
+        if response is None:
+            raise ManifestUnknown(f"manifest {self.host}/{repo}:{tag} does not exist")
         return response.headers.get("Docker-Content-Digest") or self.get_manifest(repo, tag)[2]
 
     # -- whole images -------------------------------------------------------------------

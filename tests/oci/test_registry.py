@@ -25,6 +25,7 @@ from forge.core.oci.image import (
 )
 from forge.core.oci.layer_writer import LayerEntry, write_layer
 from forge.core.oci.registry import (
+    ManifestUnknown,
     RegistryAuthError,
     RegistryClient,
     UnpinnedReference,
@@ -131,14 +132,19 @@ def test_tag_without_digest_names_the_digest_to_pin(registry, repo_name, cas, fr
     push_image(cas, image, f"{registry}/{repo_name}:v1")
     with pytest.raises(UnpinnedReference, match=f"pin what it names now: {registry}/{repo_name}@{image.digest}"):
         pull_image(fresh_cas, f"{registry}/{repo_name}:v1")
-    assert RegistryClient(registry).resolve_tag(repo_name, "v1") == image.digest
+    client = RegistryClient(registry)
+    assert client.resolve_tag(repo_name, "v1") == image.digest
+    assert client.has_manifest(repo_name, "v1") and client.has_manifest(repo_name, image.digest)
+    assert not client.has_manifest(repo_name, "v2")
+    with pytest.raises(ManifestUnknown, match=f"{repo_name}:v2 does not exist"):
+        client.resolve_tag(repo_name, "v2")
     assert _empty(fresh_cas)
 
 
 @integration
 def test_wrong_digest(registry, repo_name, cas, fresh_cas):
     push_image(cas, build_image(cas), f"{registry}/{repo_name}:v1")
-    with pytest.raises(RegistryError, match="does not exist: MANIFEST_UNKNOWN"):
+    with pytest.raises(ManifestUnknown, match="does not exist: MANIFEST_UNKNOWN"):
         pull_image(fresh_cas, f"{registry}/{repo_name}", "sha256:" + "0" * 64)
     assert _empty(fresh_cas)
 

@@ -140,7 +140,7 @@ def push(ctx, label, ref, platform) -> None:
 
 @main.group()
 def query() -> None:
-    """Ask about targets: deps, rdeps, targets."""
+    """Ask about targets: deps, rdeps, targets, why."""
 
 
 @query.command("targets")
@@ -177,6 +177,21 @@ def query_rdeps(ctx, patterns, universe) -> None:
     roots = session.resolve(list(patterns))
     for label in rdeps(session.loader, session.resolve([universe]), roots):
         click.echo(str(label))
+
+
+@query.command("why")
+@click.argument("label")
+@click.argument("path")
+@click.option("--platform", help="Default platform, as for build.")
+@click.pass_context
+def query_why(ctx, label, path, platform) -> None:
+    """Why PATH is in the layer of the minimize target LABEL: the chain of files that
+    needed it, back to the requested path (builds LABEL first if it is not cached)."""
+    from forge.rules.minimize import explain_path
+
+    session = _session(ctx, platform=platform)
+    for line in explain_path(session, label, path):
+        click.echo(line)
 
 
 @main.command()

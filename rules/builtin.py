@@ -14,6 +14,8 @@ RULE_MODULES = (
     ("forge.rules.base_images", "OciPull"),
     ("forge.rules.dockerfile", "Dockerfile"),
     ("forge.rules.dockerfile", "DockerfileChain"),
+    ("forge.rules.minimize", "Minimize"),
+    ("forge.rules.production", "Production"),
 )
 
 

@@ -1,0 +1,207 @@
+"""production: a slim image made of a production base, the minimize layer and config.
+
+Atom's production step was a Dockerfile: ``ADD`` the minimize tarball onto the production
+image, ``apt-get install $PRODUCTION_PACKAGES``, set the environment. Here the layer is
+appended by assembly (no container), so without packages the image is a pure function of
+its inputs with a reproducible digest; with packages, one ``apt-get install`` runs on the
+docker executor first, directly on the base (see ``Production.analyze`` for why it comes
+before the layer).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import forge
+from forge import attr
+from forge.rules.common import image_platform, materialize_image
+from forge.rules.minimize import MinimizeInfo
+
+DOC = """A slim production image: `base` + (when `packages` is set) one apt-get install +
+the layer of the `minimized` target + runtime config.
+
+The environment follows Atom's production images: PATH gets /opt/venv/bin (the venv is
+active) and /usr/local/bin in front of the base's PATH; LD_LIBRARY_PATH is /usr/local/lib,
+then any directory the minimize report found libraries in through ld.so.conf or
+LD_LIBRARY_PATH that the loader does not search by itself (the production image's
+ld.so.cache does not list them), then the base's. `env` overrides any of it.
+
+Without `packages` nothing runs: the digest depends only on the inputs. With `packages`,
+the install runs on the docker executor with the network (so that step is non-hermetic);
+it is keyed on the base and the package list only, so a new application layer never
+re-runs apt-get.
+"""
+
+ATTRS = {
+    "base": attr.label(doc="the production base image target",
+                       example='base = ":debian-slim"'),
+    "minimized": attr.label(doc="the minimize target whose layer goes on top",
+                            example='minimized = ":app-min"'),
+    "packages": attr.string_list(
+        default=[], doc="Debian packages installed with apt-get on the docker executor "
+                        "(network on, non-hermetic); name, name=version or name:arch",
+        example='packages = ["libgomp1", "ca-certificates"]'),
+    "env": attr.string_dict(default={}, doc="environment variables, over the defaults above",
+                            example='env = {"PYTHONUNBUFFERED": "1"}'),
+    "entrypoint": attr.string_list(default=None, doc="entrypoint (clears the base's cmd when set)",
+                                   example='entrypoint = ["/usr/local/bin/app"]'),
+    "cmd": attr.string_list(default=None, doc="default arguments", example='cmd = ["--serve"]'),
+    "workdir": attr.string(default=None, doc="working directory", example='workdir = "/srv"'),
+    "labels": attr.string_dict(default={}, doc="config labels",
+                               example='labels = {"org.opencontainers.image.version": "1.4"}'),
+}
+
+# Atom's production Dockerfile: the venv first, then /usr/local, over the base's PATH.
+PATH_PREFIX = ("/opt/venv/bin", "/usr/local/bin")
+LIBRARY_PATH_PREFIX = ("/usr/local/lib",)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# dpkg's package name rules, plus the =version and :arch apt-get accepts; anything else
+# (spaces, quotes, $) would be shell in the RUN line.
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+
+
+class Production(forge.Rule):
+    name = "production"
+    doc = DOC
+    attrs = ATTRS
+
+    def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
+        from forge.core.oci.image import source_date_epoch
+
+        a = ctx.attr
+        platform = image_platform(ctx, a.base)
+        minimized = a.minimized[MinimizeInfo]
+        if minimized.platform != platform:
+            raise ctx.fail(f"minimized {a.minimized.label} was harvested from a "
+                           f"{minimized.platform} image, but base {a.base.label} is {platform}")
+        if minimized.production_base not in (None, a.base.label):
+            raise ctx.fail(f"minimized {a.minimized.label} was fitted to production_base "
+                           f"{minimized.production_base}, not to base {a.base.label}: libraries "
+                           "the other base provides would be missing here")
+        for i, package in enumerate(a.packages):
+            if not _PACKAGE.match(package):
+                raise ctx.fail(f"packages[{i}] = {package!r} is not a Debian package name "
+                               "(name, name=version or name:arch)")
+        base_action = a.base[forge.ImageInfo].action
+        history = [f"forge minimize {a.minimized.label}"]
+        if a.packages:
+            # Installed on the base, before the layer: the step's key is then the base and
+            # the package list, so changing the application (the layer) never re-runs
+            # apt-get, and the harvested files win over packaged ones at the same path.
+            text = packages_dockerfile(a.packages)
+            base_action = ctx.action(
+                "ProductionPackages", install_packages, deps=[base_action], platform=platform,
+                executor="docker", hermetic=False,
+                # the keys DockerExecutor.build reads, plus the generated Dockerfile itself
+                params={"dockerfile": "Dockerfile", "dockerfile_text": text, "context": [],
+                        "build_args": {}, "target": None, "network": True, "context_root": "",
+                        "packages": list(a.packages)},
+                description=f"apt-get install {' '.join(a.packages)}",
+                materialize=materialize_image,
+            )
+        action = ctx.action(
+            "Production", assemble_production, deps=[base_action, minimized.action],
+            platform=platform,
+            params={
+                "env": a.env, "entrypoint": a.entrypoint, "cmd": a.cmd, "workdir": a.workdir,
+                "labels": a.labels, "history": history, "base": str(a.base.label),
+                # A layer not fitted to this base is checked against it (see run below).
+                "check_fit": minimized.production_base is None,
+                "epoch": source_date_epoch(),
+            },
+            description=f"{a.minimized.label} on {a.base.label}" +
+                        (f" + {len(a.packages)} package(s)" if a.packages else ""),
+            materialize=materialize_image,
+        )
+        return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
+
+
+def packages_dockerfile(packages: list[str]) -> str:
+    """The one-step Dockerfile that installs ``packages`` on BASE_IMAGE, leaving no apt
+    lists behind (they are most of what `apt-get update` writes)."""
+    return (
+        "ARG BASE_IMAGE\n"
+        "FROM ${BASE_IMAGE}\n"
+        "RUN apt-get update \\\n"
+        " && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        f"{' '.join(packages)} \\\n"
+        " && rm -rf /var/lib/apt/lists/*\n"
+    )
+
+
+def install_packages(rc: forge.RunContext) -> forge.ActionResult:
+    """Build the generated Dockerfile on the docker executor, from an otherwise empty
+    context directory."""
+    from forge.rules.common import dep_image, image_result
+
+    package_dir = rc.tempdir()
+    (package_dir / "Dockerfile").write_text(rc.params["dockerfile_text"])
+    base = dep_image(rc, rc.action.deps[0])
+    image = rc.executor("docker").build(rc, package_dir=package_dir, base=base)
+    return image_result(rc, image)
+
+
+def _join(*groups: Any) -> str:
+    """``:``-joined, first occurrence kept, empty entries dropped (an empty entry in PATH
+    or LD_LIBRARY_PATH means the current directory)."""
+    out: dict[str, None] = {}
+    for group in groups:
+        out.update((d, None) for d in group if d)
+    return ":".join(out)
+
+
+def production_env(base_env: list[str] | None, search_dirs: list[str],
+                   overrides: dict[str, str]) -> dict[str, str]:
+    """PATH and LD_LIBRARY_PATH as Atom's production images have them, then ``overrides``."""
+    from forge.core.elf import env_value
+
+    path = env_value(base_env, "PATH") or DEFAULT_PATH
+    llp = env_value(base_env, "LD_LIBRARY_PATH")
+    env = {
+        "PATH": _join(PATH_PREFIX, path.split(":")),
+        "LD_LIBRARY_PATH": _join(LIBRARY_PATH_PREFIX, search_dirs, llp.split(":")),
+    }
+    env.update(overrides)
+    return env
+
+
+def assemble_production(rc: forge.RunContext) -> forge.ActionResult:
+    """Base (+ packages) + the minimize layer + config; runs nothing."""
+    from forge.core.oci.image import append_layers, with_config
+    from forge.rules.common import dep_image, image_result
+    from forge.rules.images import layer_of
+
+    p = rc.params
+    base_action, minimized = rc.action.deps
+    base = dep_image(rc, base_action)
+    layer = layer_of(rc, minimized)
+    if p["check_fit"]:
+        check_fit(rc, base, layer, minimized)
+    image = append_layers(base, layer, history=p["history"], epoch=p["epoch"])
+    env = production_env((base.config.get("config") or {}).get("Env"),
+                         rc.dep(minimized).metadata.get("search_dirs", []), p["env"])
+    image = with_config(
+        image, env=[f"{k}={v}" for k, v in env.items()], entrypoint=p["entrypoint"],
+        cmd=p["cmd"], workdir=p["workdir"], labels=p["labels"] or None, platform=rc.platform,
+        epoch=p["epoch"],
+    )
+    return image_result(rc, image)
+
+
+def check_fit(rc: forge.RunContext, base: Any, layer: Any, minimized: forge.Action) -> None:
+    """Fail if the layer would hide part of the base (a directory over the base's
+    ``/lib -> usr/lib``, a symlink over a base directory): the image would not start."""
+    from forge.core.elf import LayeredRootFS
+    from forge.rules.minimize import MinimizeError, layer_conflicts
+
+    tmp = str(rc.tempdir())
+    with LayeredRootFS([rc.cas.path(x.digest) for x in base.layers], tmpdir=tmp) as base_fs, \
+            LayeredRootFS([rc.cas.path(layer.digest)], tmpdir=tmp) as layer_fs:
+        conflicts = layer_conflicts(base_fs, layer_fs)
+    if conflicts:
+        raise MinimizeError(
+            f"the layer of {minimized.label} would hide parts of the base:\n    " +
+            "\n    ".join(conflicts) +
+            f"\n  set production_base = \"{rc.params['base']}\" on {minimized.label} so "
+            "that its paths go through the base's links")

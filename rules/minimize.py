@@ -118,6 +118,7 @@ ATTRS = {
 }
 
 REPORT_FORMAT = "forge.minimize.report/v1"
+FILE, DIR, SYMLINK = "file", "dir", "symlink"  # entry kinds, as forge.core.elf.rootfs names them
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -213,9 +214,9 @@ class Node:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "mode": f"{stat.S_IMODE(self.mode):04o}"}
-        if self.kind == "file":
+        if self.kind == FILE:
             out["size"] = self.size
-        if self.kind == "symlink":
+        if self.kind == SYMLINK:
             out["target"] = self.target
         if self.source != self.path:
             out["from"] = self.source
@@ -248,9 +249,9 @@ class Harvest:
         kinds = [n.kind for n in self.nodes.values()]
         statuses = [lib["status"] for lib in self.libraries.values()]
         return {
-            "files": kinds.count("file"), "symlinks": kinds.count("symlink"),
-            "dirs": kinds.count("dir"),
-            "bytes": sum(n.size for n in self.nodes.values() if n.kind == "file"),
+            "files": kinds.count(FILE), "symlinks": kinds.count(SYMLINK),
+            "dirs": kinds.count(DIR),
+            "bytes": sum(n.size for n in self.nodes.values() if n.kind == FILE),
             "libraries": statuses.count("kept"),
             "provided_by_base": statuses.count("provided_by_base"),
             "excluded_libraries": statuses.count("excluded"),
@@ -296,14 +297,12 @@ def expand_pattern(fs: Any, pattern: str) -> list[str]:
 
 class _Harvester:
     def __init__(self, fs: Any, request: HarvestRequest) -> None:
-        from forge.core.elf.rootfs import DIR, FILE, SYMLINK
-
         self.fs = fs
         self.request = request
         self.h = Harvest()
         self.inputs: list[str] = []
         self._dir_links: dict[str, str] = {}  # link -> directory it leads to (not walked)
-        self.DIR, self.FILE, self.SYMLINK = DIR, FILE, SYMLINK
+        self._sysdirs: dict[tuple[str, int, str], tuple[str, ...]] = {}
 
     # -- requested paths -----------------------------------------------------------------
     def take_patterns(self) -> None:
@@ -333,7 +332,7 @@ class _Harvester:
         if _GLOB_CHARS & set(parent):
             return ""
         found = self.fs.resolve(parent or "/")
-        if found is None or found.entry_kind != self.DIR:
+        if found is None or found.entry_kind != DIR:
             return f" ({parent or '/'} does not exist)" if found is None else ""
         return did_you_mean(name, self.fs.listdir(found.path))
 
@@ -374,7 +373,7 @@ class _Harvester:
         if path in self.h.nodes:
             return self._node(path, why)
         entry = self.fs.lstat(path)
-        if entry is None or entry.kind != self.SYMLINK:
+        if entry is None or entry.kind != SYMLINK:
             return None
         return self._node(path, why)
 
@@ -383,12 +382,12 @@ class _Harvester:
         node = self._node(path, why)
         if node is None or known:
             return
-        if node.kind == self.DIR:
+        if node.kind == DIR:
             for name in self.fs.listdir(path):
                 self._add(posixpath.join(path, name), why, top=False)
-        elif node.kind == self.FILE:
+        elif node.kind == FILE:
             self.inputs.append(path)
-        elif node.kind == self.SYMLINK:
+        elif node.kind == SYMLINK:
             self._follow(path, why, top)
         else:
             del self.h.nodes[path]
@@ -404,9 +403,9 @@ class _Harvester:
             return
         for link in found.links:
             self._link(link, why)
-        if found.entry_kind == self.FILE:
+        if found.entry_kind == FILE:
             self._add(found.path, why, top=False)
-        elif found.entry_kind == self.DIR:
+        elif found.entry_kind == DIR:
             if top:
                 self._add(found.path, why, top=True)
             else:
@@ -465,18 +464,17 @@ class _Harvester:
         info = resolver.elf_info(realpath)
         if info is None:
             return ()
-        spec = arch_spec(info.machine, info.elfclass, info.arm_float)
         key = (info.machine, info.elfclass, info.arm_float)
-        cache = self.__dict__.setdefault("_sysdirs", {})
-        if key not in cache:
-            cache[key] = system_dirs(self.fs, spec.interp if spec else None, spec)
-        return cache[key]
+        if key not in self._sysdirs:
+            spec = arch_spec(*key)
+            self._sysdirs[key] = system_dirs(self.fs, spec.interp if spec else None, spec)
+        return self._sysdirs[key]
 
     def _provided(self, base: Any, opened: str, realpath: str,
                   digests: dict[tuple[int, str], str]) -> bool:
         """True if the production base opens the same bytes at ``opened``."""
         found = base.resolve(opened)
-        if found is None or found.entry_kind != self.FILE:
+        if found is None or found.entry_kind != FILE:
             return False
         ours, theirs = self.fs.lstat(realpath), base.lstat(found.path)
         if ours is None or theirs is None or ours.size != theirs.size:
@@ -522,7 +520,7 @@ def _placed_dir(base: Any, directory: str, moved: dict[str, str]) -> str:
     for cut in range(len(parts), -1, -1):
         ancestor = "/" + "/".join(parts[:cut])
         found = base.resolve(ancestor)
-        if found is not None and found.entry_kind == "dir":
+        if found is not None and found.entry_kind == DIR:
             rest = parts[cut:]
             return posixpath.join(found.path, *rest) if rest else found.path
     return directory
@@ -548,14 +546,14 @@ def fit_to_base(h: Harvest, base: Any) -> list[str]:
         final = posixpath.join(_placed_dir(base, posixpath.dirname(path), moved),
                                posixpath.basename(path))
         theirs = base.lstat(final)
-        if node.kind == "dir" and theirs is not None and theirs.kind == "symlink":
+        if node.kind == DIR and theirs is not None and theirs.kind == SYMLINK:
             found = base.resolve(final)
-            if found is not None and found.entry_kind == "dir":
+            if found is not None and found.entry_kind == DIR:
                 moved[path] = found.path
                 conflicts.append(f"{path}: a directory in the layer, a symlink to "
                                  f"{found.path} in the base")
                 continue
-        if node.kind == "symlink" and theirs is not None and theirs.kind == "dir":
+        if node.kind == SYMLINK and theirs is not None and theirs.kind == DIR:
             dropped[path] = node
             conflicts.append(f"{path}: a symlink ({node.target}) in the layer, a directory "
                              "in the base")
@@ -579,7 +577,7 @@ def fit_to_base(h: Harvest, base: Any) -> list[str]:
                                posixpath.basename(opened))
         if final in placed or final == real:
             continue
-        placed[final] = Node(final, "symlink", stat.S_IFLNK | 0o777, target=real, source=opened,
+        placed[final] = Node(final, SYMLINK, stat.S_IFLNK | 0o777, target=real, source=opened,
                              needed=[{"opened": opened, **r} for r in lib["reasons"]])
     h.nodes = placed
     h.relocated = {n.source: n.path for n in placed.values() if n.source != n.path}
@@ -595,7 +593,7 @@ def layer_conflicts(base: Any, layer_fs: Any) -> list[str]:
             path = posixpath.join(directory, name)
             entry = layer_fs.lstat(path)
             h.nodes[path] = Node(path, entry.kind, entry.mode, entry.size, entry.target, path)
-            if entry.kind == "dir":
+            if entry.kind == DIR:
                 walk(path)
 
     walk("/")
@@ -611,12 +609,12 @@ def _layer_entries(fs: Any, nodes: dict[str, Node]) -> Iterator[Any]:
     for path in sorted(nodes):
         node = nodes[path]
         mode = stat.S_IMODE(node.mode)
-        if node.kind == "dir":
-            yield LayerEntry(path, "dir", mode=mode)
-        elif node.kind == "symlink":
-            yield LayerEntry(path, "symlink", target=node.target)
+        if node.kind == DIR:
+            yield LayerEntry(path, DIR, mode=mode)
+        elif node.kind == SYMLINK:
+            yield LayerEntry(path, SYMLINK, target=node.target)
         else:
-            yield LayerEntry(path, "file", partial(fs.open, node.source), size=node.size,
+            yield LayerEntry(path, FILE, partial(fs.open, node.source), size=node.size,
                              mode=mode)
 
 

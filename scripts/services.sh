@@ -82,7 +82,7 @@ ensure_packages() {
 }
 
 ensure_packages docker.io qemu-user-static binfmt-support docker-registry busybox-static \
-    graphviz debootstrap pigz curl ca-certificates
+    graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev
 
 # ---------------------------------------------------------------- docker engine
 docker_answers() { timeout 20 docker info >/dev/null 2>&1; }

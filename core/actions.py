@@ -112,8 +112,15 @@ class ActionResult:
 
     @property
     def digest(self) -> str:
-        """What downstream keys see: only the outputs, so equal products cut rebuilds off."""
-        return blake3.blake3(canonical_json(self.outputs)).hexdigest()
+        """What downstream keys see: the product's identity, so equal products cut rebuilds off.
+
+        The identity is ``metadata["identity"]`` when the rule gives one, else the outputs.
+        Image rules give the *uncompressed* identity (a layer's diff_id, an image's config
+        digest): gzip output can differ between compressor builds and CPUs, and a key
+        must not, or two CI machines would never share a downstream cache entry.
+        """
+        identity = self.metadata.get("identity")
+        return blake3.blake3(canonical_json(self.outputs if identity is None else identity)).hexdigest()
 
     def all_blobs(self) -> list[str]:
         return sorted(set(self.outputs.values()) | set(self.blobs))

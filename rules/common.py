@@ -24,9 +24,11 @@ def image_result(rc: forge.RunContext, value: Any, metadata: dict[str, Any] | No
         blobs = [value.digest]
         for image in value.images:
             blobs += [d for d, _ in image.blobs()]
-        meta = {"platforms": [str(p) for p in value.platforms]}
+        meta = {"platforms": [str(p) for p in value.platforms],
+                "identity": sorted([str(i.platform), i.config_digest] for i in value.images)}
         return rc.result({"index": value.digest}, blobs=blobs, metadata={**meta, **(metadata or {})})
-    meta = {"platform": str(value.platform) if value.platform else ""}
+    # the config digest names the image's content (diff_ids, config) whatever compressed it
+    meta = {"platform": str(value.platform) if value.platform else "", "identity": value.config_digest}
     return rc.result({"manifest": value.digest}, blobs=[d for d, _ in value.blobs()],
                      metadata={**meta, **(metadata or {})})
 

@@ -83,7 +83,7 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
     ]
     layer = write_layer(rc.cas, entries, compression=p["compression"], level=p["level"],
                         owner=p["owner"])
-    return rc.result({"layer": layer.digest}, metadata={"diff_id": layer.diff_id,
+    return rc.result({"layer": layer.digest}, metadata={"diff_id": layer.diff_id, "identity": layer.diff_id,
                                                          "media_type": layer.media_type})
 
 

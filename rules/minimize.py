@@ -675,6 +675,7 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
            f"{totals['bytes']} bytes; layer {layer.digest[:19]} ({layer.size} bytes)")
     return rc.result({"layer": layer.digest, "report": blob.digest}, metadata={
         "diff_id": layer.diff_id, "media_type": layer.media_type,
+        "identity": [layer.diff_id, blob.digest],  # uncompressed: see ActionResult.digest
         "search_dirs": h.search_dirs, **totals,
     })
 

@@ -145,3 +145,15 @@ def test_key_manifest_has_no_absolute_paths(tmp_path):
     assert str(tmp_path) not in repr(manifest)
 
 
+
+
+def test_result_identity_ignores_compressed_bytes():
+    """Two machines whose gzip differs make different blobs of the same layer: downstream
+    keys see the uncompressed identity, so they still share cache entries."""
+    from forge.core.actions import ActionResult
+
+    a = ActionResult({"layer": "sha256:" + "a" * 64}, metadata={"identity": "sha256:" + "d" * 64})
+    b = ActionResult({"layer": "sha256:" + "b" * 64}, metadata={"identity": "sha256:" + "d" * 64})
+    c = ActionResult({"layer": "sha256:" + "b" * 64}, metadata={"identity": "sha256:" + "e" * 64})
+    assert a.digest == b.digest != c.digest
+    assert ActionResult({"out": "x"}).digest != ActionResult({"out": "y"}).digest

@@ -28,6 +28,7 @@ BUILD_NAMES = ("BUILD", "BUILD.bazel")
 SKIP_DIRS = {"forge-out", ".git", "__pycache__", "node_modules", ".venv"}
 _LOC_RE = re.compile(r"-->\s*(\S+?):(\d+):(\d+)")
 _VAR_RE = re.compile(r"Variable `([^`]+)` not found")
+_NAME_ATTR_RE = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Package:
     build_file: Path
     targets: dict[str, TargetDef] = field(default_factory=dict)
     listing: list[str] | None = None  # the package's files, listed on first glob()
+    name_lines: dict[str, int] | None = None  # target name -> BUILD line, for messages
 
 
 def _first_location(text: str) -> str:
@@ -244,13 +246,17 @@ class Loader:
 
     def _locate(self, pkg: Package, name: str) -> str:
         """file:line of the target's declaration (best effort: finds `name = "x"`)."""
+        if pkg.name_lines is None:
+            try:
+                text = pkg.build_file.read_text()
+            except OSError:
+                text = ""
+            pkg.name_lines = {}
+            for m in _NAME_ATTR_RE.finditer(text):
+                pkg.name_lines.setdefault(m.group(1), text.count("\n", 0, m.start()) + 1)
         rel = self._rel(pkg.build_file)
-        try:
-            text = pkg.build_file.read_text()
-        except OSError:
-            return rel
-        m = re.search(r"name\s*=\s*[\"']" + re.escape(name) + r"[\"']", text)
-        return f"{rel}:{text.count(chr(10), 0, m.start()) + 1}" if m else rel
+        line = pkg.name_lines.get(name)
+        return f"{rel}:{line}" if line else rel
 
 
 def list_package(directory: Path) -> list[str]:
@@ -295,11 +301,19 @@ def glob_package(directory: Path, include: list[str], exclude: list[str], allow_
     exc = [_compile_glob(p) for p in exclude]
     found: set[str] = set()
     for pattern in include:
-        regex = _compile_glob(pattern)
         prefix = _literal_prefix(pattern)
         lo = bisect.bisect_left(files, prefix)
         hi = bisect.bisect_left(files, prefix + "\uffff") if prefix else len(files)
-        found.update(f for f in files[lo:hi] if regex.match(f))
+        rest = pattern[len(prefix):]
+        if rest == "*":  # the common `dir/*`: no regex needed
+            found.update(f for f in files[lo:hi] if "/" not in f[len(prefix):])
+        elif rest == "**":
+            found.update(files[lo:hi])
+        elif not any(c in pattern for c in "*?["):
+            found.update(f for f in files[lo:hi] if f == pattern)
+        else:
+            regex = _compile_glob(pattern)
+            found.update(f for f in files[lo:hi] if regex.match(f))
     out = sorted(f for f in found if not any(r.match(f) for r in exc))
     if not out and not allow_empty:
         raise BuildFileError(f"glob({include}) matched no files in {directory}")

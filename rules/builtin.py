@@ -14,6 +14,7 @@ RULE_MODULES = (
     ("forge.rules.base_images", "OciPull"),
     ("forge.rules.dockerfile", "Dockerfile"),
     ("forge.rules.dockerfile", "DockerfileChain"),
+    ("forge.rules.debootstrap", "Debootstrap"),
     ("forge.rules.minimize", "Minimize"),
     ("forge.rules.production", "Production"),
 )

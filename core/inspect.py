@@ -37,6 +37,25 @@ def describe_rules(registry: RuleRegistry, names: list[str]) -> str:
     return "\n".join(out)
 
 
+def rules_markdown(registry: RuleRegistry) -> str:
+    """The README's rule reference, generated from the schemas (a test keeps them equal)."""
+    out: list[str] = []
+    for name, rule in registry.items():
+        doc = (rule.doc or rule.__doc__ or "").strip().split("\n\n")[0]
+        out.append(f"### `{name}`\n")
+        if doc:
+            out.append(" ".join(doc.split()) + "\n")
+        out.append("| attribute | type | default | doc | example |")
+        out.append("| --- | --- | --- | --- | --- |")
+        for attr_name, attr in rule.attrs.items():
+            example = f"`{attr.example}`" if attr.example else ""
+            doc_text = attr.doc.replace("|", "\\|")
+            out.append(f"| `{attr_name}` | {attr.kind} | `{attr.describe_default()}` | {doc_text} | "
+                       f"{example.replace('|', chr(92) + '|')} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def explain_target(session: Session, text: str) -> Iterator[str]:
     """For each action of the target and its dependencies: up to date, or what changed."""
     from forge.core.execution import Scheduler

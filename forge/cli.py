@@ -235,13 +235,14 @@ def explain(ctx, label, platform) -> None:
 
 @main.command()
 @click.argument("names", nargs=-1)
+@click.option("--markdown", is_flag=True, help="Print the README's rule reference.")
 @click.pass_context
-def rules(ctx, names) -> None:
+def rules(ctx, names, markdown) -> None:
     """Print every rule (or NAMES) with its attributes, types, defaults and docs."""
-    from forge.core.inspect import describe_rules
+    from forge.core.inspect import describe_rules, rules_markdown
 
     session = _session(ctx)
-    click.echo(describe_rules(session.rules, list(names)))
+    click.echo(rules_markdown(session.rules) if markdown else describe_rules(session.rules, list(names)))
 
 
 @main.command()

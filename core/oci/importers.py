@@ -44,7 +44,9 @@ def import_any(cas: CAS, path: Path, platform: Platform) -> Image:
     elif kind == "docker-archive":
         image = import_docker_archive(cas, path)
     else:
-        raise NotImplementedError("a tarred OCI layout: unpack it and import the directory")
+        from forge.core.oci.layout import LayoutError
+
+        raise LayoutError(f"{path} is a tarred OCI layout: unpack it and import the directory")
     if image.platform is None or image.platform != platform:
         # An archive may carry no or the wrong platform; the target's platform is the truth.
         image = with_config(image, platform=platform)

@@ -20,13 +20,15 @@ oci_import(name = "bb-arm", src = "busybox-arm64.tar", platform = "aarch64")
 layer(name = "motd", srcs = ["motd.txt"], prefix = "/etc")
 image(name = "app", base = ":bb", layers = [":motd"], cmd = ["cat", "/etc/motd.txt"])
 image(name = "app-arm", base = ":bb-arm", layers = [":motd"], cmd = ["cat", "/etc/motd.txt"])
-image_index(name = "multi", images = [":app", ":app-arm"])
+oci_import(name = "bb-armv7", src = "busybox-armhf.tar", platform = "armv7")
+image(name = "app-armv7", base = ":bb-armv7", layers = [":motd"], cmd = ["cat", "/etc/motd.txt"])
+image_index(name = "multi", images = [":app", ":app-arm", ":app-armv7"])
 """
 
 
 def workspace(forge_workspace, name="ws"):
     ws = forge_workspace({"app/BUILD": BUILD, "app/motd.txt": "made by forge\n"}, name=name)
-    for tar in ("busybox-amd64.tar", "busybox-arm64.tar"):
+    for tar in ("busybox-amd64.tar", "busybox-arm64.tar", "busybox-armhf.tar"):
         shutil.copy(testdata(tar), ws.root / "app" / tar)
     return ws
 
@@ -54,7 +56,7 @@ def test_push_index_lists_both_platforms(forge_workspace):
     assert resp.headers["Docker-Content-Digest"] == digest
     platforms = sorted((m["platform"]["architecture"], m["platform"].get("variant", ""))
                        for m in resp.json()["manifests"])
-    assert platforms == [("amd64", ""), ("arm64", "v8")]
+    assert platforms == [("amd64", ""), ("arm", "v7"), ("arm64", "v8")]
     # pulled back by digest into a fresh workspace + cache: identical digests
     fresh = forge_workspace({"p/BUILD": f'oci_pull(name = "again", image = "{registry}/{repo}",'
                              f' digest = "{digest}", platform = "aarch64")\n'}, name="fresh",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,28 +29,31 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _freeze_params(params: Mapping[str, Any]) -> str:
-    def check(v: Any, path: str) -> None:
-        if isinstance(v, float):
-            # Floats have more than one spelling; a key must not depend on repr().
-            raise TypeError(f"action parameter {path} is a float; use an int or a string")
-        if isinstance(v, dict):
-            for k, x in v.items():
-                check(x, f"{path}.{k}")
-        elif isinstance(v, list | tuple):
-            for i, x in enumerate(v):
-                check(x, f"{path}[{i}]")
+def _reject_float(text: str) -> Any:
+    # Floats have more than one spelling; a key must not depend on repr().
+    raise TypeError(f"action parameter {text} is a float; use an int or a string")
 
-    check(dict(params), "params")
-    return canonical_json(dict(params)).decode()
+
+def _freeze_params(params: Mapping[str, Any]) -> str:
+    text = canonical_json(dict(params)).decode()
+    json.loads(text, parse_float=_reject_float)  # C-speed scan: only floats call back
+    return text
 
 
 @dataclass(frozen=True)
 class SourceFile:
     """A file an action reads: where it is now, and the name that enters the key."""
 
-    path: Path  # absolute, on this machine: never in a key
+    abspath: str  # on this machine: never in a key
     relpath: str  # relative to the package: the key uses this
+
+    def __init__(self, path: str | Path, relpath: str):
+        object.__setattr__(self, "abspath", str(path))
+        object.__setattr__(self, "relpath", relpath)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.abspath)
 
     def __str__(self) -> str:
         return self.relpath
@@ -77,7 +81,7 @@ class Action:
     def params(self) -> dict[str, Any]:
         return json.loads(self.params_json)
 
-    @property
+    @cached_property
     def id(self) -> str:
         """A stable name for this action across builds (target label + mnemonic + index)."""
         return f"{self.label}#{self.mnemonic}.{self.index}"

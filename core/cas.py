@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,11 +32,14 @@ def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+_SHA256_RE = re.compile(r"sha256:([0-9a-f]{64})")
+
+
 def split_digest(digest: str) -> tuple[str, str]:
-    alg, _, hexpart = digest.partition(":")
-    if alg != "sha256" or len(hexpart) != 64 or not all(c in "0123456789abcdef" for c in hexpart):
+    m = _SHA256_RE.fullmatch(digest) if isinstance(digest, str) else None
+    if m is None:
         raise CacheError(f"not a sha256 digest: {digest!r}")
-    return alg, hexpart
+    return "sha256", m.group(1)
 
 
 class BlobMissing(CacheError):
@@ -80,6 +84,7 @@ class CAS:
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
         self._blobs.mkdir(parents=True, exist_ok=True)
+        self._blobs_str = str(self._blobs)
         self._tmp.mkdir(parents=True, exist_ok=True)
 
     # -- names -------------------------------------------------------------------------
@@ -88,12 +93,16 @@ class CAS:
         _, hexpart = split_digest(digest)
         return self._blobs / hexpart
 
+    def _str(self, digest: str) -> str:
+        """The blob's path as a string: the cheap form for hot stat/utime calls."""
+        return f"{self._blobs_str}/{split_digest(digest)[1]}"
+
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return os.path.isfile(self._str(digest))
 
     def size(self, digest: str) -> int:
         try:
-            return self.path(digest).stat().st_size
+            return os.stat(self._str(digest)).st_size
         except FileNotFoundError:
             raise BlobMissing(f"blob {digest} is not in the cache") from None
 
@@ -198,7 +207,7 @@ class CAS:
     def touch(self, digest: str) -> None:
         """Mark a blob used now (for least-recently-used garbage collection)."""
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path(digest))
+            os.utime(self._str(digest))
 
     def iter_blobs(self) -> Iterator[tuple[str, os.stat_result]]:
         for entry in os.scandir(self._blobs):

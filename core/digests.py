@@ -47,7 +47,7 @@ class FileDigests:
         self.hashed = 0  # files whose content was read in this build (for tests/benchmarks)
 
     def digest(self, src: SourceFile) -> InputDigest:
-        path = str(src.path)
+        path = src.abspath
         try:
             st = os.lstat(path)
         except FileNotFoundError:

@@ -1,0 +1,127 @@
+"""The examples end to end: the Atom layout on the real engine and QEMU, and the fleet.
+
+The module builds one copy of ``examples/`` in a temporary workspace with one cache for
+every test here, so each debootstrap runs once per platform (several minutes for aarch64,
+whose second stage runs under QEMU; set ``FORGE_EXAMPLES_CACHE`` to a directory to keep
+that cache between runs). Tests never edit the repository's own examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from forge.core.cas import CAS
+from forge.core.oci.validate import validate_image
+from forge.testing import Workspace
+from tests.services import require_binfmt, require_docker, require_registry
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(3600)]
+
+REPO = Path(__file__).resolve().parents[2]
+GRAPHICS = ["//examples/atom:graphics-amd64", "//examples/atom:graphics-aarch64"]
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Workspace:
+    """A copy of the repository's examples as a workspace, with one cache for the module."""
+    require_docker()
+    require_binfmt("aarch64")
+    if os.geteuid() != 0:
+        pytest.fail("the examples' debootstrap bases need root", pytrace=False)
+    root = tmp_path_factory.mktemp("examples-ws")
+    shutil.copy(REPO / "WORKSPACE.toml", root / "WORKSPACE.toml")
+    shutil.copytree(REPO / "examples", root / "examples",
+                    ignore=shutil.ignore_patterns("forge-out", "__pycache__"))
+    cache = Path(os.environ.get("FORGE_EXAMPLES_CACHE") or tmp_path_factory.mktemp("examples-cache"))
+    return Workspace(root, cache)
+
+
+def build(ws: Workspace, *args: str):
+    start = time.monotonic()
+    out = ws.run("build", "--json", *args).assert_success()
+    print(f"forge build {' '.join(args)}: {time.monotonic() - start:.2f}s, "
+          f"{len(out.executed())} actions executed")
+    return out
+
+
+def validated(ws: Workspace, out) -> None:
+    """validate_image() on every image or index the build produced."""
+    cas = CAS(ws.cache / "cas")
+    for target in out.summary()["targets"]:
+        outputs = target["outputs"]
+        if "manifest" in outputs or "index" in outputs:  # not layers
+            validate_image(cas, outputs.get("index") or outputs["manifest"])
+
+
+def test_graphics_builds_and_runs_on_both_platforms(examples):
+    client = require_docker()
+    out = build(examples, *GRAPHICS, "--load")
+    validated(examples, out)
+    platforms = {t["label"]: t["platform"] for t in out.summary()["targets"]}
+    assert platforms == {GRAPHICS[0]: "linux/amd64", GRAPHICS[1]: "linux/arm64/v8"}
+    for name, machine in (("graphics-amd64", "x86_64"), ("graphics-aarch64", "aarch64")):
+        ref = f"forge/examples/atom/{name}:latest"
+        config = client.images.get(ref).attrs
+        assert config["Architecture"] == ("amd64" if machine == "x86_64" else "arm64")
+        output = client.containers.run(ref, ["atom-hello", "test"], remove=True).decode()
+        assert output.startswith("atom-hello: zlib 1.2.13, libatomhello 1.0 "), output
+        assert f"({machine}), running on {machine}: hello from test" in output, output
+        venv = client.containers.run(ref, ["python3", "-c", "import sys; print(sys.prefix)"],
+                                     remove=True).decode().strip()
+        assert venv == "/opt/venv"
+
+
+def test_second_build_executes_nothing(examples):
+    build(examples, *GRAPHICS)
+    again = build(examples, *GRAPHICS)
+    assert again.executed() == []
+    assert set(again.statuses().values()) == {"cached-local"}
+
+
+def test_editing_one_graphics_dockerfile_rebuilds_from_it(examples):
+    build(examples, *GRAPHICS)
+    display = examples.root / "examples/atom/graphics/20-Dockerfile-display"
+    original = display.read_text()
+    # unique, so that a cache kept between runs (FORGE_EXAMPLES_CACHE) has never seen it
+    display.write_text(original + f"ENV ATOM_GRAPHICS_EDITED={uuid.uuid4().hex}\n")
+    try:
+        out = build(examples, *GRAPHICS)
+        # 20-Dockerfile-display is graphics' second action, 30-Dockerfile-smoke follows it
+        assert out.executed() == sorted(
+            f"//examples/atom:graphics-{p}#DockerBuild.{i}" for p in ("amd64", "aarch64") for i in (1, 2)
+        )
+        assert not [a for a in out.statuses() if ":stock-" in a and out.statuses()[a] != "cached-local"]
+        validated(examples, out)
+    finally:
+        display.write_text(original)
+    # the original file's results are still in the cache
+    assert build(examples, *GRAPHICS).executed() == []
+
+
+def test_fleet_builds_in_parallel_and_pushes_an_index(examples):
+    registry = require_registry()
+    out = build(examples, "//examples/fleet/...")
+    validated(examples, out)
+    labels = {t["label"] for t in out.summary()["targets"]}
+    for service in ("web", "metrics", "broker", "radio"):
+        assert {f"//examples/fleet:{service}-amd64", f"//examples/fleet:{service}-aarch64",
+                f"//examples/fleet:{service}"} <= labels
+    tag = f"test-{uuid.uuid4().hex[:8]}"
+    pushed = examples.run("push", "//examples/fleet:web", f"{registry}/fleet/web:{tag}").assert_success()
+    assert "sha256:" in pushed.stdout + pushed.stderr
+    request = urllib.request.Request(f"http://{registry}/v2/fleet/web/manifests/{tag}",
+                                     headers={"Accept": OCI_INDEX})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == OCI_INDEX
+        index = json.loads(response.read())
+    platforms = sorted((m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"])
+    assert platforms == [("linux", "amd64"), ("linux", "arm64")]

@@ -29,8 +29,11 @@ size, not content, and the engine provides the mounts at run time. The tarball i
 into a deterministic layer (sorted, mtimes clamped, modes and owners kept).
 
 The action uses the network, so it is non-hermetic: its key covers suite, variant,
-packages, mirror and platform, and a mirror that moved on does not re-key it. For a base
-that is reproducible byte for byte, bootstrap from a dated snapshot:
+packages, mirror and platform, and a mirror that moved on does not re-key it (a new
+point release reaches the base when the cache entry goes, or the key changes). Two
+bootstraps of the same package versions give the same digest (the rootfs is cleaned of
+what varies per run and written as a deterministic layer), so to pin the content, pin the
+mirror to a dated snapshot:
 
     debootstrap(
         name = "bookworm-aarch64",

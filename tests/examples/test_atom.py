@@ -125,3 +125,25 @@ def test_fleet_builds_in_parallel_and_pushes_an_index(examples):
         index = json.loads(response.read())
     platforms = sorted((m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"])
     assert platforms == [("linux", "amd64"), ("linux", "arm64")]
+
+
+def test_production_images_are_slim_and_run(examples):
+    """minimize + production on a minbase without build packages: the program, its
+    libraries and the venv come along, the toolchain does not."""
+    client = require_docker()
+    production = [f"{label}-production" for label in GRAPHICS]
+    out = build(examples, *production, "--load")
+    validated(examples, out)
+    sizes = {t["label"]: t["size"] for t in build(examples, *GRAPHICS, *production).summary()["targets"]}
+    for label in GRAPHICS:
+        assert sizes[f"{label}-production"] < sizes[label] / 2, sizes
+    for name, machine in (("graphics-amd64", "x86_64"), ("graphics-aarch64", "aarch64")):
+        ref = f"forge/examples/atom/{name}-production:latest"
+        output = client.containers.run(ref, remove=True).decode()  # cmd = ["atom-hello"]
+        assert output.startswith("atom-hello: zlib 1.2.13, libatomhello 1.0 "), output
+        assert f"running on {machine}" in output
+        check = "import sys, zlib; print(sys.prefix, zlib.ZLIB_VERSION)"
+        assert client.containers.run(ref, ["python3", "-c", check], remove=True).decode().split() == [
+            "/opt/venv", "1.2.13"]
+        assert client.containers.run(ref, ["sh", "-c", "command -v gcc || echo none"],
+                                     remove=True).decode().strip() == "none"

@@ -7,7 +7,10 @@ three times by each tool:
 
 - **cold**: nothing built yet (forge: an empty cache; Atom way: ``docker build --no-cache``);
 - **warm no-op**: the same build again, nothing changed;
-- **edit**: one line appended to ``graphics/20-Dockerfile-display``.
+- **edit**: one line appended to ``graphics/20-Dockerfile-display``;
+- **engine pruned**: the edit undone, and every image the two tools made removed from the
+  engine, the base excepted: a fresh CI machine (or a ``docker system prune``) with the
+  base pulled and forge's cache restored.
 
 "forge" is ``forge build //examples/atom:<last flavor>-<platform>`` with its own cache;
 "Atom way" is Atom's build.sh loop (see ``ATOM_BUILD_SH``): ``docker build`` per file,
@@ -196,15 +199,34 @@ class Bench:
         finally:
             edited.write_text(original)
         rows.append(Row(platform, f"edit {EDITED}", forge_edit, atom_edit, n_edit, extra("edit")))
+        self.prune_engine(keep=base)
+        forge_pruned, n_pruned = self.forge(platform)
+        atom_pruned = self.atom_way(platform, base, cold=False)
+        rows.append(Row(platform, "engine pruned", forge_pruned, atom_pruned, n_pruned,
+                        extra("pruned")))
         return rows
 
+    def run_images(self) -> list[str]:
+        """Every engine image of this run: built on the base, whose label they inherit."""
+        return subprocess.run(
+            ["docker", "images", "-a", "-q", "--no-trunc", "--filter",
+             f"label=forge.benchmark.run={self.run_id}"],
+            capture_output=True, text=True).stdout.split()
+
+    def prune_engine(self, keep: str | None = None) -> None:
+        keep_id = ""
+        if keep:
+            keep_id = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", keep],
+                                     capture_output=True, text=True).stdout.strip()
+        for _ in range(10):  # children before parents: repeat until only the base is left
+            ids = [i for i in self.run_images() if i != keep_id]
+            if not ids:
+                return
+            for image_id in ids:
+                subprocess.run(["docker", "rmi", "-f", image_id], capture_output=True)
+
     def cleanup_engine(self) -> None:
-        out = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                              "--filter", "reference=forge-bench/*"],
-                             capture_output=True, text=True).stdout.split()
-        mine = [ref for ref in out if ref.endswith(self.run_id) or f":{self.run_id}-" in ref]
-        if mine:
-            subprocess.run(["docker", "rmi", "-f", *mine], capture_output=True)
+        self.prune_engine()
 
 
 def table(rows: list[Row]) -> str:

@@ -83,15 +83,17 @@ class DockerExecutor:
         """Make ``image`` (from the CAS) present in the engine; return the ref to use."""
         import docker
 
-        ref = f"forge-base/{image.config_digest.split(':')[1][:32]}:latest"
+        ref = engine_ref(image)
         lock = self._load_locks.setdefault(image.config_digest, threading.Lock())
         with lock:
-            try:
-                client.images.get(image.config_digest)
-                client.api.tag(image.config_digest, ref)
-                return ref
-            except docker.errors.ImageNotFound:
-                pass
+            for name in (ref, image.config_digest):  # tagged by a previous step, or loaded
+                try:
+                    client.images.get(name)
+                    if name != ref:
+                        client.api.tag(name, ref)
+                    return ref
+                except docker.errors.ImageNotFound:
+                    pass
             from forge.core.oci.docker_archive import write_docker_archive
 
             archive = rc.tempdir() / "base.tar"
@@ -159,7 +161,16 @@ class DockerExecutor:
         image = self.export(rc, client, image_id, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
-        return with_config(image, platform=platform)
+        image = with_config(image, platform=platform)
+        # That changes the config digest, so name the engine's image after ours: the next
+        # step of a chain then finds its base in the engine instead of loading it again.
+        client.api.tag(image_id, engine_ref(image))
+        return image
+
+
+def engine_ref(image: Any) -> str:
+    """The engine tag of a CAS image: its config digest, so equal content, equal tag."""
+    return f"forge-base/{image.config_digest.split(':')[1][:32]}:latest"
 
 
 def build_context(package_dir: Path, root: str, relpaths: list[str]) -> io.BytesIO:

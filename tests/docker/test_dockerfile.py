@@ -104,6 +104,10 @@ def test_chain_rebuilds_from_the_changed_file_onward(forge_workspace, docker_cli
     first = ws.run("build", "//app:all", "--json", "-j", "2").assert_success()
     assert set(AMD + ARM) <= set(first.executed())
     validate_outputs(ws, first)
+    # step N+1 finds step N's image in the engine: no docker load between chain steps
+    logs = ws.root / "forge-out/logs/app/chain-amd64"
+    assert "loading base image" not in (logs / "01-DockerBuild.log").read_text()
+    assert "loading base image" not in (logs / "02-DockerBuild.log").read_text()
 
     # edit file 20: exactly steps 20 and 30 re-run, on both platforms
     path = ws.root / "app/chain/20-Dockerfile-tools"

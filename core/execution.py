@@ -322,13 +322,6 @@ class Scheduler:
             path.write_text("\n".join(lines) + "\n")
 
 
-def first_failure(outcomes: dict[Action, Outcome]) -> Outcome | None:
-    for outcome in outcomes.values():
-        if outcome.status == FAILED:
-            return outcome
-    return None
-
-
 def raise_for_failures(outcomes: dict[Action, Outcome]) -> None:
     failures = [o for o in outcomes.values() if o.status == FAILED]
     if failures:

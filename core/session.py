@@ -188,10 +188,9 @@ class Session:
         size = 0
         if result is not None:
             outputs = dict(result.outputs)
-            main = next(iter(("manifest", "index", "layer")), None)
             digest = next((outputs[k] for k in ("index", "manifest", "layer") if k in outputs),
                           next(iter(outputs.values()), ""))
-            size = sum(result.sizes.values()) if main else 0
+            size = sum(result.sizes.values())
         platform = ""
         if ImageInfo in target:
             platform = str(target[ImageInfo].platform)

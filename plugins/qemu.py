@@ -91,6 +91,21 @@ def try_register(platform: Platform, directory: Path) -> None:
                        check=False, capture_output=True)
 
 
+def ensure_emulation(platform: Platform, doing: str = "run {platform} actions") -> BinfmtStatus:
+    """Check binfmt for ``platform``, register it when we can, else raise with the fix."""
+    directory = binfmt_dir()
+    status = check(platform, directory)
+    if not status.ok:
+        try_register(platform, directory)
+        status = check(platform, directory)
+    if not status.ok:
+        raise PlatformError(
+            f"cannot {doing.format(platform=platform)} on this {host_platform()} host: "
+            f"{status.detail}.\n  Fix:\n{status.fix}"
+        )
+    return status
+
+
 @forge.hookimpl
 def forge_configure(workspace: Any, config: dict[str, Any]) -> None:
     unknown = set(config) - {"binfmt_dir"}
@@ -110,14 +125,4 @@ def forge_prepare_platform(platform: Platform, executor: str, workspace: Any) ->
 
     if any(parse_platform(k) == platform for k in hosts):
         return f"native {platform} engine"
-    directory = binfmt_dir()
-    status = check(platform, directory)
-    if not status.ok:
-        try_register(platform, directory)
-        status = check(platform, directory)
-    if not status.ok:
-        raise PlatformError(
-            f"cannot run {platform} actions on this {host_platform()} host: {status.detail}.\n"
-            f"  Fix:\n{status.fix}"
-        )
-    return f"QEMU emulation ({status.detail})"
+    return f"QEMU emulation ({ensure_emulation(platform).detail})"

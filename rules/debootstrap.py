@@ -126,18 +126,11 @@ def find_debootstrap() -> str:
 
 def check_emulation(platform: forge.Platform) -> bool:
     """True when ``platform`` needs the foreign + QEMU second stage; raises when QEMU is missing."""
-    from forge.plugins.qemu import binfmt_dir, check, runs_natively, try_register
+    from forge.plugins.qemu import ensure_emulation, runs_natively
 
     if runs_natively(platform):
         return False
-    directory = binfmt_dir()
-    status = check(platform, directory)
-    if not status.ok:
-        try_register(platform, directory)
-        status = check(platform, directory)
-    if not status.ok:
-        raise forge.PlatformError(f"cannot debootstrap {platform} on this host: {status.detail}.\n"
-                                  f"  Fix:\n{status.fix}")
+    ensure_emulation(platform, "debootstrap {platform}")
     return True
 
 

@@ -1,6 +1,5 @@
 """dockerfile and dockerfile_chain on the real engine (busybox bases from Debian packages)."""
 
-import contextlib
 import json
 import shutil
 
@@ -9,7 +8,7 @@ import pytest
 from forge.core.cas import CAS
 from forge.core.oci.image import load_image
 from forge.core.oci.validate import validate_image
-from tests.services import require_binfmt, require_docker, testdata
+from tests.services import require_binfmt, testdata
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +48,6 @@ def validate_outputs(ws, out):
             validate_image(cas, digest)
 
 
-@pytest.fixture
-def docker_client():
-    client = require_docker()
-    before = {img.id for img in client.images.list(all=True)}
-    yield client
-    for img in client.images.list(all=True):
-        if img.id not in before:
-            with contextlib.suppress(Exception):  # best effort cleanup
-                client.images.remove(img.id, force=True)
 
 
 def test_copy_run_and_undeclared_file_is_invisible(forge_workspace, docker_client):

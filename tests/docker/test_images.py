@@ -9,7 +9,6 @@ import requests
 
 from forge.core.cas import CAS
 from forge.core.oci.validate import validate_image
-from tests.docker.test_dockerfile import docker_client  # noqa: F401 - fixture
 from tests.services import require_registry, testdata
 
 pytestmark = pytest.mark.integration
@@ -33,7 +32,7 @@ def workspace(forge_workspace, name="ws"):
     return ws
 
 
-def test_import_layer_load_and_run(forge_workspace, docker_client):  # noqa: F811
+def test_import_layer_load_and_run(forge_workspace, docker_client):
     ws = workspace(forge_workspace)
     out = ws.run("build", "//app:app", "--json", "--load", "--tag", "forge-test/app:1").assert_success()
     cas = CAS(ws.cache / "cas")

@@ -7,7 +7,6 @@ them to ``APP_BUILD`` and to the expected sets below.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import urllib.request
@@ -18,7 +17,7 @@ from forge.core.action_cache import ActionCache
 from forge.core.cas import CAS
 from forge.core.oci.image import load, load_image
 from forge.core.oci.validate import validate_image
-from tests.services import require_docker, testdata
+from tests.services import testdata
 
 from .conftest import tags, workspace_toml
 
@@ -51,15 +50,6 @@ def with_tarballs(ws, *names):
     return ws
 
 
-@pytest.fixture
-def docker_client():
-    client = require_docker()
-    before = {img.id for img in client.images.list(all=True)}
-    yield client
-    for img in client.images.list(all=True):
-        if img.id not in before:
-            with contextlib.suppress(Exception):  # best effort cleanup
-                client.images.remove(img.id, force=True)
 
 
 def cache_manifest(cache_url: str, key: str) -> dict:

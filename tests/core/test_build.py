@@ -221,3 +221,21 @@ def test_parallel_jobs(forge_workspace):
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert sum(1 for e in events if e.get("status") == "built") == 2
     assert elapsed < 1.9 + 1.5  # start-up allowance; sequential would be >= 2 s of sleeping alone
+
+
+def test_ctrl_c_stops_and_records_nothing_half_done(forge_workspace):
+    ws = forge_workspace(CHAIN)
+    proc = _forge(ws, "build", "//p:solo", "--json", env={"FORGE_TEST_SLOW_WRITE": "5"})
+    tmp = ws.cache / "cas/tmp"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if tmp.exists() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in tmp.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list((ws.cache / "ac").rglob("*.json")) == []
+    out = ws.run("build", "//p:solo", "--json").assert_success()
+    assert out.executed() == ["//p:solo#Concat.0"]

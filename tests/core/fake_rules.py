@@ -44,6 +44,19 @@ def run_concat(rc):
     parts.append(rc.params["text"].encode())
     data = b"".join(parts)
     slow = float(os.environ.get("FORGE_TEST_SLOW_WRITE", "0"))
+    trace = os.environ.get("FORGE_TEST_TRACE")
+    if trace:  # when each run starts and ends, so a test can see actions overlap
+        with open(trace, "a") as fh:
+            fh.write(f"start {rc.action.label} {time.monotonic()}\n")
+    try:
+        return _write(rc, data, slow)
+    finally:
+        if trace:
+            with open(trace, "a") as fh:
+                fh.write(f"end {rc.action.label} {time.monotonic()}\n")
+
+
+def _write(rc, data: bytes, slow: float):
     if slow:
         with rc.cas.writer() as w:
             for i in range(200):

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import urllib.error
 import urllib.request
@@ -61,11 +62,25 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def _unavailable(what: str, detail: str) -> None:
-    msg = f"{what} is not available ({detail}); start it with `{START_COMMAND}` (as root)"
+def unavailable(message: str) -> None:
+    """The one place a test gives up on a missing part: a failure under CI=true, else a skip."""
     if in_ci():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(name: str, package: str) -> None:
+    if shutil.which(name) is None:
+        unavailable(f"needs `{name}` (apt-get install {package}; scripts/services.sh installs it)")
+
+
+def require_root(why: str) -> None:
+    if os.geteuid() != 0:
+        unavailable(f"needs root: {why}")
+
+
+def _unavailable(what: str, detail: str) -> None:
+    unavailable(f"{what} is not available ({detail}); start it with `{START_COMMAND}` (as root)")
 
 
 def _cached(key: str, what: str, probe: Callable[[], Any]) -> Any:

@@ -10,6 +10,7 @@ from forge.core.actions import InputDigest, SourceFile, action_key, key_manifest
 from forge.core.digests import FileDigests
 from forge.core.labels import Label
 from forge.core.platforms import parse_platform
+from tests.services import require_root
 
 LABEL = Label("p", "t")
 
@@ -91,8 +92,7 @@ def test_checkout_path_and_non_exec_mode_bits_do_not_change_key(tmp_path):
 
 
 def test_uid_does_not_change_key(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+    require_root("chown to another uid")
     k1 = key_of(tmp_path / "one", BASE)
     k2_root = tmp_path / "two"
     k2 = key_of(k2_root, BASE)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.elf.util import in_root
-from tests.services import in_ci, testdata_dir
+from tests.services import testdata_dir, unavailable
 
 ARM64_PACKAGES = (
     "libc6", "libc-bin", "libgcc-s1", "libstdc++6", "gcc-12-base", "zlib1g", "coreutils",
@@ -31,10 +31,7 @@ ARM64_LOADER = "/lib/ld-linux-aarch64.so.1"
 HOST_ELF_DIRS = ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu")
 
 
-def _unavailable(message: str) -> None:
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+_unavailable = unavailable
 
 
 def _run(*cmd: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ and ldconfig read it."""
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from forge.core.elf.loaderconf import (
     system_dirs,
 )
 from forge.core.elf.rootfs import DirectoryRootFS
+from tests.services import require_tool, unavailable
 
 
 @pytest.mark.slow
@@ -51,8 +51,8 @@ def test_non_elf_and_truncated_files() -> None:
     assert info is not None and info.machine == "EM_X86_64" and info.needed == ()
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_a_32_bit_library(tmp_path: Path) -> None:
+    require_tool("gcc", "gcc")
     (tmp_path / "f.c").write_text("int f(void) { return 1; }\n")
     out = tmp_path / "libf.so"
     built = subprocess.run(["gcc", "-m32", "-nostdlib", "-shared", "-fPIC",
@@ -60,7 +60,7 @@ def test_a_32_bit_library(tmp_path: Path) -> None:
                             "-Wl,-rpath,$ORIGIN", "-o", str(out), str(tmp_path / "f.c")],
                            capture_output=True)
     if built.returncode:
-        pytest.skip("gcc cannot build 32-bit objects here")
+        unavailable("gcc cannot build 32-bit objects here (gcc -m32 -nostdlib)")
     with open(out, "rb") as fh:
         info = read_elf_info(fh)
         fh.seek(0)

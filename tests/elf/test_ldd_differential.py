@@ -18,12 +18,15 @@ import pytest
 from forge.core.elf.resolver import LibraryResolver
 from forge.core.elf.rootfs import DirectoryRootFS
 from tests.elf.util import clean_env, parse_ld_list
+from tests.services import unavailable
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("ldd") is None or not os.path.isdir(
-        "/usr/lib/x86_64-linux-gnu"), reason="needs an x86-64 Debian host with ldd"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _x86_64_debian_host():
+    if shutil.which("ldd") is None or not os.path.isdir("/usr/lib/x86_64-linux-gnu"):
+        unavailable("needs an x86-64 Debian host with ldd")
 
 
 def test_resolver_matches_host_ldd(host_elf_files: list[str]) -> None:

@@ -8,7 +8,6 @@ with an ld.so.cache made by ``ldconfig -r``) opens exactly the same paths.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,12 @@ from tests.elf.util import (
     tar_layer,
     tar_tree,
 )
+from tests.services import require_tool
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+@pytest.fixture(autouse=True)
+def _gcc():
+    require_tool("gcc", "gcc")
 
 DT_SONAME, DT_RUNPATH = 14, 29
 EM_AARCH64 = 183

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from tests.services import require_root
+
 from forge.core.actions import action_key, key_manifest
 from forge.core.cas import CAS
 from forge.core.oci.validate import validate_image
@@ -117,8 +119,7 @@ def test_clean_rootfs_keeps_trees_drops_host_files(tmp_path):
 
 def test_missing_emulation_stops_with_the_fix(forge_workspace, tmp_path):
     """A foreign platform without binfmt: the build fails before touching the network."""
-    if os.geteuid() != 0:
-        pytest.skip("debootstrap checks root before emulation")
+    require_root("debootstrap checks root before emulation")
     ws = forge_workspace({"BUILD": 'debootstrap(name = "arm", platform = "aarch64")'})
     empty = tmp_path / "no-binfmt"
     empty.mkdir()

@@ -21,7 +21,7 @@ import pytest
 from forge.core.cas import CAS
 from forge.core.oci.validate import validate_image
 from tests.minimize.util import layer_members
-from tests.services import in_ci, require_docker, testdata
+from tests.services import require_docker, testdata, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +67,7 @@ production(name = "prod-pkgs", base = ":bb-apt", minimized = ":min", packages = 
 """
 
 
-def _unavailable(message: str) -> None:
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+_unavailable = unavailable
 
 
 @pytest.fixture(scope="module")

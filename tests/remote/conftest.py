@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import in_ci, require_registry
+from tests.services import require_registry, unavailable
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PLUGIN = '[plugins]\nmodules = ["tests.core.fake_rules", "tests.remote.kill_plugin"]\n'
@@ -114,10 +114,7 @@ class Throwaway:
 def throwaway_registry(tmp_path: Path):
     """Start ``docker-registry serve`` on a free port with storage under ``tmp_path``."""
     if shutil.which(REGISTRY_BIN) is None:
-        msg = f"{REGISTRY_BIN} is missing (package docker-registry; scripts/services.sh installs it)"
-        if in_ci():
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        unavailable(f"{REGISTRY_BIN} is missing (package docker-registry; scripts/services.sh installs it)")
     port = free_port()
     root = tmp_path / "throwaway-registry"
     root.mkdir()

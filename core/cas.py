@@ -162,6 +162,37 @@ class CAS:
             os.replace(src, dest)
         return Descriptor(digest, size)
 
+    def link_out(self, digest: str, dest: Path, *, keep_existing: bool = False) -> None:
+        """Put a blob at ``dest`` (forge-out, an OCI layout): a hard link when the
+        filesystem allows, else a copy; atomic either way. A ``dest`` that already is this
+        blob (same inode), or any existing ``dest`` with ``keep_existing`` (a layout names
+        blobs by digest), is left alone.
+        """
+        src = self.path(digest)
+        try:
+            src_ino = src.stat().st_ino
+        except FileNotFoundError:
+            raise BlobMissing(f"blob {digest} is not in the cache; cannot write {dest}") from None
+        try:
+            if keep_existing or dest.stat().st_ino == src_ino:
+                dest.stat()  # raises when it does not exist
+                return
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
     def tempdir(self) -> Path:
         """A private scratch directory on the store's filesystem (so renames are cheap)."""
         return Path(tempfile.mkdtemp(prefix="work-", dir=self._tmp))

@@ -6,10 +6,8 @@ CLI, ``forge.testing`` and benchmarks drive builds the same way.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,7 +211,7 @@ class Session:
             return
         dest.mkdir(parents=True, exist_ok=True)
         for name, digest in outcome.result.outputs.items():
-            link_blob(self.cas, digest, dest / name)
+            self.cas.link_out(digest, dest / name)
 
 
 def configure_plugins(pm: Any, workspace: Workspace) -> None:
@@ -235,21 +233,3 @@ def configure_plugins(pm: Any, workspace: Workspace) -> None:
         config = workspace.plugin_tables.get(names.get(impl.plugin_name, ""), {})
         kwargs = {"workspace": workspace, "config": config}
         impl.function(**{k: kwargs[k] for k in impl.argnames})
-
-
-def link_blob(cas: CAS, digest: str, dest: Path) -> None:
-    """Put a blob at ``dest``: hardlink from the CAS when possible, else copy; skip if there."""
-    src = cas.path(digest)
-    try:
-        if dest.stat().st_ino == src.stat().st_ino:
-            return
-    except FileNotFoundError:
-        pass
-    tmp = dest.with_name(f".tmp-{dest.name}")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)

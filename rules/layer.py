@@ -89,10 +89,8 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
 
 def materialize_layer(cas, result: forge.ActionResult, dest) -> None:
     """forge-out/<pkg>/<name>/layer.tar.gz (or .tar.zst / .tar, by compression)."""
-    from forge.core.session import link_blob
-
     suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(
         "gzip" if result.metadata["media_type"].endswith("gzip") else
         "zstd" if result.metadata["media_type"].endswith("zstd") else "none", ".tar")
     dest.mkdir(parents=True, exist_ok=True)
-    link_blob(cas, result.outputs["layer"], dest / f"layer{suffix}")
+    cas.link_out(result.outputs["layer"], dest / f"layer{suffix}")

@@ -682,11 +682,10 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
 
 def materialize_minimize(cas: Any, result: forge.ActionResult, dest: Path) -> None:
     """forge-out/<pkg>/<name>/layer.tar.gz and report.json."""
-    from forge.core.session import link_blob
     from forge.rules.layer import materialize_layer
 
     materialize_layer(cas, result, dest)
-    link_blob(cas, result.outputs["report"], dest / "report.json")
+    cas.link_out(result.outputs["report"], dest / "report.json")
 
 
 # -- forge query why ------------------------------------------------------------------------

@@ -117,8 +117,22 @@ class Layer:
         return {"mediaType": media.to_oci(self.media_type), "digest": self.digest, "size": self.size}
 
 
+class _Manifested:
+    """What images and indexes share: they are named by their manifest's bytes."""
+
+    manifest_bytes: bytes
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest_bytes)
+
+    @property
+    def size(self) -> int:
+        return len(self.manifest_bytes)
+
+
 @dataclass(frozen=True)
-class Image:
+class Image(_Manifested):
     """One platform's image: the manifest and config bytes, and what follows from them."""
 
     manifest_bytes: bytes
@@ -166,14 +180,6 @@ class Image:
         return f"Image({self.digest}, platform={self.platform}, layers={len(self.layers)})"
 
     @property
-    def digest(self) -> str:
-        return sha256_digest(self.manifest_bytes)
-
-    @property
-    def size(self) -> int:
-        return len(self.manifest_bytes)
-
-    @property
     def config(self) -> dict:
         """A copy of the config document (changing it changes nothing here)."""
         return json.loads(self.config_bytes)
@@ -215,7 +221,7 @@ class Image:
 
 
 @dataclass(frozen=True)
-class Index:
+class Index(_Manifested):
     """A multi-platform image index and the images it lists (in its order)."""
 
     manifest_bytes: bytes
@@ -247,14 +253,6 @@ class Index:
 
     def __repr__(self) -> str:
         return f"Index({self.digest}, platforms=[{', '.join(map(str, self.platforms))}])"
-
-    @property
-    def digest(self) -> str:
-        return sha256_digest(self.manifest_bytes)
-
-    @property
-    def size(self) -> int:
-        return len(self.manifest_bytes)
 
     @property
     def entries(self) -> list[dict]:

@@ -13,12 +13,8 @@ is not stored, and the layout is reported.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from forge.core.cas import CAS, BlobMissing, sha256_digest, split_digest
@@ -62,29 +58,7 @@ def write_layout(cas: CAS, value: Image | Index, dest: Path, *, ref_name: str | 
 
 
 def _place_blob(cas: CAS, digest: str, blobs: Path) -> None:
-    target = blobs / split_digest(digest)[1]
-    if target.exists():
-        return
-    src = cas.path(digest)
-    if not src.is_file():
-        raise BlobMissing(f"blob {digest} is not in the CAS; cannot write it to {blobs.parent.parent}")
-    try:
-        os.link(src, target)
-        return
-    except FileExistsError:
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=blobs)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    cas.link_out(digest, blobs / split_digest(digest)[1], keep_existing=True)
 
 
 def read_layout(cas: CAS, src: Path, *, ref_name: str | None = None) -> Image | Index:

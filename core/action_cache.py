@@ -17,6 +17,7 @@ from typing import Any
 
 from forge.core.actions import ActionResult, canonical_json
 from forge.core.cas import CAS
+from forge.core.errors import CacheError
 from forge.core.fsutil import write_atomic
 
 
@@ -37,8 +38,8 @@ class ActionCache:
             result = ActionResult.from_json(data["result"])
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            self.remove(key)  # unreadable: never trust it
+        except (ValueError, KeyError, TypeError, CacheError):
+            self.remove(key)  # unreadable, or an older record format: never trust it
             return None
         for digest in result.all_blobs():
             expected = result.sizes.get(digest)
@@ -51,8 +52,8 @@ class ActionCache:
                 self.cas.evict(digest)
                 self.remove(key)
                 return None
-        for digest in result.all_blobs():
-            self.cas.touch(digest)  # recency for `forge cache gc`
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency for `forge cache gc`, which evicts whole results
         return result
 
     def record(self, key: str, result: ActionResult, info: dict[str, Any] | None = None) -> None:

@@ -8,8 +8,10 @@ action, and every field left out is a promise that it does not.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,8 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from forge.core.cas import Descriptor
+from forge.core.errors import CacheError
 from forge.core.labels import Label
 from forge.core.platforms import Platform
+
+# The forge-wide output format: bump it whenever anything shared by many rules changes
+# the bytes they write (the layer writer, the image/config writer, the layout of a
+# result record). It enters every key, so two forge versions that would write different
+# bytes never share a cache entry, locally or in a remote cache.
+OUTPUT_FORMAT = 2
 
 if TYPE_CHECKING:
     from forge.core.execution import RunContext
@@ -59,6 +69,27 @@ class SourceFile:
         return self.relpath
 
 
+def check_pure(fn: Callable[..., Any], what: str) -> None:
+    """Refuse a function that carries values outside the key (STYLE 17).
+
+    An action's run function may receive only its declared params, inputs and dependency
+    results (through ``RunContext``). A ``functools.partial``, a closure, a bound method or
+    a lambda can smuggle in a value the key never saw — the class of bug that gives false
+    cache hits — so only plain module-level functions are accepted.
+    """
+    name = getattr(fn, "__qualname__", repr(fn))
+    if isinstance(fn, functools.partial):
+        raise TypeError(f"{what} is functools.partial({fn.func.__qualname__}, ...): bound "
+                        "values are outside the action key; pass them as params")
+    if not inspect.isfunction(fn):
+        raise TypeError(f"{what} {name!r} must be a plain module-level function "
+                        f"(got {type(fn).__name__}): bound state is outside the action key")
+    if fn.__closure__ or "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>":
+        raise TypeError(f"{what} {fn.__module__}.{name} is a closure or lambda: values it "
+                        "captures are outside the action key; use a module-level function "
+                        "and pass them as params")
+
+
 @dataclass(frozen=True, eq=False)
 class Action:
     """One unit of work. Identity-hashed: two declarations are two graph nodes."""
@@ -71,6 +102,7 @@ class Action:
     inputs: tuple[SourceFile, ...] = ()  # in the key: relpath, exec bit, content
     deps: tuple[Action, ...] = ()  # in the key: their result digests, in order
     platform: Platform | None = None  # in the key when set
+    epoch: int | None = None  # in the key when set: the SOURCE_DATE_EPOCH the action writes
     executor: str | None = None  # not in the key: where it runs does not change what it makes
     hermetic: bool = True  # in the key: a non-hermetic result is never shared as hermetic
     index: int = 0  # position among its target's actions; names it in explain
@@ -91,6 +123,9 @@ class Action:
 
 
 def make_action(**kwargs: Any) -> Action:
+    check_pure(kwargs["run"], f"action {kwargs.get('mnemonic')} of {kwargs.get('label')}: run")
+    if kwargs.get("materialize") is not None:
+        check_pure(kwargs["materialize"], f"action {kwargs.get('mnemonic')}: materialize")
     params = kwargs.pop("params", None) or {}
     kwargs["params_json"] = _freeze_params(params)
     kwargs["inputs"] = tuple(kwargs.get("inputs", ()))
@@ -98,55 +133,94 @@ def make_action(**kwargs: Any) -> Action:
     return Action(**kwargs)
 
 
+RESULT_FORMAT = 2  # the action-cache / remote record layout; older records read as misses
+
+
 @dataclass(frozen=True)
 class ActionResult:
-    """What an action made: named output blobs in the CAS plus every blob they need.
+    """What an action made: named output descriptors plus every blob they need.
 
     ``outputs`` names the blobs that are the action's product (an image's manifest, a
-    layer, a report); ``blobs`` lists every blob that must be present for the result to
-    be usable (an image's config and layers too), so a cache hit can check them all.
+    layer, a report), each an OCI ``Descriptor`` (digest, size, media type; diff_id for
+    layers; platform for manifests). ``blobs`` is every blob that must be present for the
+    result to be usable (outputs included, an image's config and layers too), so a cache
+    hit can check them all and a remote cache can move them with their real media types.
     ``metadata`` holds small deterministic facts for providers and the summary.
     """
 
-    outputs: dict[str, str]
-    blobs: tuple[str, ...] = ()
-    sizes: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, Descriptor]
+    blobs: tuple[Descriptor, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     log: str | None = None
 
+    @staticmethod
+    def make(outputs: Mapping[str, Descriptor], blobs: Iterable[Descriptor] = (),
+             metadata: Mapping[str, Any] | None = None, log: str | None = None) -> ActionResult:
+        """Normalize: blobs unique, sorted by digest, outputs included."""
+        by_digest: dict[str, Descriptor] = {}
+        for d in (*blobs, *outputs.values()):
+            seen = by_digest.get(d.digest)
+            if seen is not None and seen.size != d.size:
+                raise CacheError(f"blob {d.digest} listed with sizes {seen.size} and {d.size}")
+            if seen is None or seen.media_type == "application/octet-stream":
+                by_digest[d.digest] = d
+        return ActionResult(dict(outputs), tuple(by_digest[k] for k in sorted(by_digest)),
+                            dict(metadata or {}), log)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Everything a consumer can read from this result: every output descriptor (so a
+        media type or compression change re-keys dependents) and the metadata. Not the
+        log, and not where the bytes are."""
+        return {"outputs": {k: d.to_json() for k, d in self.outputs.items()},
+                "metadata": self.metadata}
+
     @property
     def digest(self) -> str:
-        """What downstream keys see: the product's identity, so equal products cut rebuilds off.
+        """What downstream keys see: the hash of ``identity``, so equal products cut
+        rebuilds off and any difference a consumer could observe re-keys it."""
+        return blake3.blake3(canonical_json(self.identity)).hexdigest()
 
-        The identity is ``metadata["identity"]`` when the rule gives one, else the outputs.
-        Image rules give the *uncompressed* identity (a layer's diff_id, an image's config
-        digest): gzip output can differ between compressor builds and CPUs, and a key
-        must not, or two CI machines would never share a downstream cache entry.
-        """
-        identity = self.metadata.get("identity")
-        return blake3.blake3(canonical_json(self.outputs if identity is None else identity)).hexdigest()
+    def output(self, name: str) -> Descriptor:
+        return self.outputs[name]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {d.digest: d.size for d in self.blobs}
 
     def all_blobs(self) -> list[str]:
-        return sorted(set(self.outputs.values()) | set(self.blobs))
+        return [d.digest for d in self.blobs]
+
+    def with_log(self, log: str | None) -> ActionResult:
+        return ActionResult(self.outputs, self.blobs, self.metadata, log)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outputs": self.outputs,
-            "blobs": list(self.blobs),
-            "sizes": self.sizes,
+            "format": RESULT_FORMAT,
+            "outputs": {k: d.to_json() for k, d in self.outputs.items()},
+            "blobs": [d.to_json() for d in self.blobs],
             "metadata": self.metadata,
             "log": self.log,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ActionResult:
-        return cls(
-            outputs=dict(data["outputs"]),
-            blobs=tuple(data.get("blobs", ())),
-            sizes=dict(data.get("sizes", {})),
-            metadata=dict(data.get("metadata", {})),
-            log=data.get("log"),
-        )
+        """Parse a record; anything malformed or of another format raises CacheError."""
+        try:
+            if data.get("format") != RESULT_FORMAT:
+                raise CacheError(f"result record format {data.get('format')!r} is not {RESULT_FORMAT}")
+            outputs = {str(k): Descriptor.from_json(v) for k, v in data["outputs"].items()}
+            blobs = [Descriptor.from_json(v) for v in data["blobs"]]
+            metadata = data.get("metadata", {})
+            log = data.get("log")
+            if not isinstance(metadata, dict) or not (log is None or isinstance(log, str)):
+                raise CacheError("result record metadata/log malformed")
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise CacheError(f"malformed result record: {exc!r}") from None
+        result = cls.make(outputs, blobs, metadata, log)
+        if set(result.all_blobs()) != {d.digest for d in blobs}:
+            raise CacheError("result record's blobs do not include its outputs")
+        return result
 
 
 @dataclass(frozen=True)
@@ -175,8 +249,15 @@ def key_manifest(
     - deps: the result digests of the actions this one reads, in declaration order:
       if a dependency rebuilds to the same outputs, this action does not re-run.
     - hermetic: a network-using action's result is kept apart from a hermetic one.
+    - epoch: the SOURCE_DATE_EPOCH an action writes into mtimes and `created`, only for
+      actions that write timestamps (declared with ``timestamps=True``): changing the epoch
+      re-runs exactly those, and a pulled base or an index does not re-run.
+    - format: forge's OUTPUT_FORMAT, so a forge whose shared writers changed never reuses
+      another version's results.
     """
     return {
+        "format": OUTPUT_FORMAT,
+        "epoch": action.epoch,
         "mnemonic": action.mnemonic,
         "version": action.version,
         "params": json.loads(action.params_json),

@@ -20,9 +20,10 @@ from forge.core.rule import AnalysisContext, ConfiguredTarget
 
 
 class Analyzer:
-    def __init__(self, loader: Loader, default_platform: Platform):
+    def __init__(self, loader: Loader, default_platform: Platform, epoch: int = 0):
         self.loader = loader
         self.default_platform = default_platform
+        self.epoch = epoch
         self.configured: dict[Label, ConfiguredTarget] = {}
         self._stack: list[Label] = []
 
@@ -36,7 +37,7 @@ class Analyzer:
         self._stack.append(label)
         try:
             deps = {dep: self.analyze(dep, f"{target.location}: {label}") for _, dep in target.deps()}
-            ctx = AnalysisContext(target, deps, self.default_platform)
+            ctx = AnalysisContext(target, deps, self.default_platform, self.epoch)
             try:
                 returned = list(target.rule().analyze(ctx) or [])
             except ForgeError:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,27 @@ from typing import IO, BinaryIO
 from forge.core.errors import CacheError
 
 CHUNK = 1 << 20
-BLOB_MODE = 0o644  # blobs are immutable content, readable by whoever reads forge-out links
+BLOB_MODE = 0o444  # blobs are immutable content: nobody writes them in place
+EXPOSED_MEMO = "exposed.json"  # stat data of the copies forge-out holds (see copy_out)
+
+
+def _stat_sig(path: Path) -> list[int] | None:
+    """(size, mtime_ns, inode, ctime_ns, device) of a regular file, or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def sha256_digest(data: bytes) -> str:
@@ -46,12 +68,44 @@ class BlobMissing(CacheError):
     """A blob the cache should hold is absent or was evicted for a bad digest."""
 
 
+OCTET_STREAM = "application/octet-stream"
+
+
 @dataclass(frozen=True)
 class Descriptor:
-    """What the CAS knows of a stored blob: its digest and size (OCI descriptor core)."""
+    """An OCI descriptor of a blob: digest, size and media type, plus what consumers read
+    beside them — a layer's ``diff_id`` (its uncompressed digest) and a manifest's
+    ``platform``. The CAS itself knows only digest and size; whoever names a blob's kind
+    (a rule's result, an image) types it with ``typed``.
+    """
 
     digest: str
     size: int
+    media_type: str = OCTET_STREAM
+    diff_id: str | None = None
+    platform: str | None = None
+
+    def typed(self, media_type: str, *, diff_id: str | None = None,
+              platform: str | None = None) -> Descriptor:
+        return Descriptor(self.digest, self.size, media_type, diff_id, platform)
+
+    def to_json(self) -> dict:
+        out: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.diff_id is not None:
+            out["diffID"] = self.diff_id
+        if self.platform is not None:
+            out["platform"] = self.platform
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> Descriptor:
+        digest, size, media_type = data["digest"], data["size"], data["mediaType"]
+        split_digest(digest)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise CacheError(f"descriptor of {digest} has a bad size {size!r}")
+        if not isinstance(media_type, str) or not media_type:
+            raise CacheError(f"descriptor of {digest} has no media type")
+        return cls(digest, size, media_type, data.get("diffID"), data.get("platform"))
 
 
 class _HashingWriter:
@@ -86,6 +140,8 @@ class CAS:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._blobs_str = str(self._blobs)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._exposed: dict[str, list] | None = None
+        self._exposed_dirty = False
 
     # -- names -------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -162,36 +218,76 @@ class CAS:
             os.replace(src, dest)
         return Descriptor(digest, size)
 
-    def link_out(self, digest: str, dest: Path, *, keep_existing: bool = False) -> None:
-        """Put a blob at ``dest`` (forge-out, an OCI layout): a hard link when the
-        filesystem allows, else a copy; atomic either way. A ``dest`` that already is this
-        blob (same inode), or any existing ``dest`` with ``keep_existing`` (a layout names
-        blobs by digest), is left alone.
+    def copy_out(self, digest: str, dest: Path) -> None:
+        """Put a verified copy of a blob at ``dest`` (forge-out, an OCI layout).
+
+        Never a hard link: a file the user can write must not share its inode with the
+        store, or editing ``forge-out`` in place would corrupt the cache (and, as root,
+        mode bits protect nothing). The copy is hashed as it is written, so a corrupt blob
+        is evicted instead of handed out. An existing ``dest`` is kept when its stat data
+        is what forge last wrote or verified there; otherwise it is re-hashed, and replaced
+        when it no longer matches. Atomic: temp file + rename.
         """
-        src = self.path(digest)
-        try:
-            src_ino = src.stat().st_ino
-        except FileNotFoundError:
-            raise BlobMissing(f"blob {digest} is not in the cache; cannot write {dest}") from None
-        try:
-            if keep_existing or dest.stat().st_ino == src_ino:
-                dest.stat()  # raises when it does not exist
+        dest = Path(dest)
+        sig = _stat_sig(dest)
+        if sig is not None and not self._shares_inode(digest, sig):
+            memo = self._exposed_memo()
+            if memo.get(str(dest)) == [*sig, digest]:
                 return
-        except FileNotFoundError:
-            pass
+            if _sha256_file(dest) == digest:
+                self._remember(dest, digest)
+                return
+        src = self.path(digest)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        os.close(fd)
-        os.unlink(tmp)
         try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
+            h = hashlib.sha256()
+            if not os.path.isfile(src):
+                raise BlobMissing(f"blob {digest} is not in the cache; cannot write {dest}")
+            with open(src, "rb") as fh, os.fdopen(fd, "wb") as out:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+            if "sha256:" + h.hexdigest() != digest:
+                self.evict(digest)
+                raise BlobMissing(f"blob {digest} was corrupt and has been evicted; cannot write {dest}")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        self._remember(dest, digest)
+
+    def _shares_inode(self, digest: str, sig: list[int]) -> bool:
+        """True for a hard link into the store (what forge-out held before copies)."""
+        try:
+            st = os.stat(self._str(digest))
+        except FileNotFoundError:
+            return False
+        return st.st_ino == sig[2] and st.st_dev == sig[4]
+
+    def _exposed_memo(self) -> dict[str, list]:
+        if self._exposed is None:
+            try:
+                self._exposed = json.loads((self.root / EXPOSED_MEMO).read_bytes())
+            except (FileNotFoundError, ValueError):
+                self._exposed = {}
+        return self._exposed
+
+    def _remember(self, dest: Path, digest: str) -> None:
+        sig = _stat_sig(dest)
+        if sig is not None:
+            self._exposed_memo()[str(dest)] = [*sig, digest]
+            self._exposed_dirty = True
+
+    def save(self) -> None:
+        """Persist what forge knows of the copies it wrote (a cache: losing it costs a
+        re-hash of forge-out, never a wrong file)."""
+        if self._exposed_dirty and self._exposed is not None:
+            from forge.core.fsutil import write_atomic
+
+            write_atomic(self.root / EXPOSED_MEMO, json.dumps(self._exposed).encode())
+            self._exposed_dirty = False
 
     def tempdir(self) -> Path:
         """A private scratch directory on the store's filesystem (so renames are cheap)."""

@@ -67,6 +67,11 @@ class RemoteCacheError(ForgeError):
     exit_code = 1
 
 
+class RemoteEntryInvalid(RemoteCacheError):
+    """One remote cache entry is corrupt or unverifiable: a miss (one warning naming the
+    key), never a reason to stop using the backend."""
+
+
 class ExecutorError(ForgeError):
     """An executor (the Docker engine) is missing or does not answer."""
 

@@ -25,9 +25,15 @@ import networkx as nx
 
 from forge.core.action_cache import ActionCache
 from forge.core.actions import Action, ActionResult, action_key, key_manifest
-from forge.core.cas import CAS, BlobMissing
+from forge.core.cas import CAS, BlobMissing, Descriptor
 from forge.core.digests import FileDigests
-from forge.core.errors import ActionFailed, ForgeError, RemoteCacheError
+from forge.core.errors import (
+    ActionFailed,
+    CacheError,
+    ForgeError,
+    RemoteCacheError,
+    RemoteEntryInvalid,
+)
 
 if TYPE_CHECKING:
     from forge.core.session import Session
@@ -50,20 +56,35 @@ class Outcome:
 
 
 class RunContext:
-    """What an action's ``run`` function gets: inputs, dependency results, CAS, logging."""
+    """What an action's ``run`` function gets, and nothing more: its declared params,
+    inputs, platform and epoch, its dependencies' results, the CAS, executors, a log.
 
-    def __init__(self, session: Session, action: Action, results: dict[Action, ActionResult],
-                 log: Callable[[str], None], cancelled: threading.Event):
-        self.session = session
+    There is no way from here back to the session, the workspace or the options: a run
+    function that could read them could read a value outside its key.
+    """
+
+    def __init__(self, action: Action, results: dict[Action, ActionResult], cas: CAS,
+                 executors: Callable[[str], Any], log: Callable[[str], None],
+                 warn: Callable[[str], None], cancelled: threading.Event):
         self.action = action
-        self.cas: CAS = session.cas
-        self.workspace = session.workspace
+        self.cas: CAS = cas
         self.params = action.params
         self.platform = action.platform
         self.cancelled = cancelled
         self._results = results
+        self._executors = executors
         self._log = log
+        self._warn = warn
         self._tempdirs: list[Path] = []
+
+    @property
+    def epoch(self) -> int:
+        """The SOURCE_DATE_EPOCH to write; only for actions declared with timestamps=True
+        (so the epoch is in their key)."""
+        if self.action.epoch is None:
+            raise RuntimeError(f"{self.action} writes timestamps but was not declared with "
+                               "timestamps=True, so the epoch is not in its key")
+        return self.action.epoch
 
     def dep(self, action: Action) -> ActionResult:
         """The result of a dependency action (must be one of this action's deps)."""
@@ -71,8 +92,25 @@ class RunContext:
             raise RuntimeError(f"{self.action} reads {action} without declaring it as a dep")
         return self._results[action]
 
+    def source(self, relpath: str = "") -> Path:
+        """Where a declared input file is on this machine, or a directory that holds
+        declared inputs (``""``: their package directory). A location, not content: the
+        key holds the inputs' contents, and only declared inputs can be named."""
+        prefix = relpath.rstrip("/") + "/" if relpath else ""
+        for f in self.action.inputs:
+            if f.relpath == relpath or f.relpath.startswith(prefix):
+                root = f.abspath[: len(f.abspath) - len(f.relpath)]
+                return Path(root + relpath) if relpath else Path(root)
+        raise RuntimeError(f"{self.action} reads {relpath or 'its package'!r}, which holds no "
+                           "declared input")
+
     def log(self, line: str) -> None:
         self._log(line.rstrip("\n"))
+
+    def warn(self, message: str) -> None:
+        """A warning for the user (the reporter) and the action's log."""
+        self._log(f"warning: {message}")
+        self._warn(f"{self.action.label}: {message}")
 
     def tempdir(self) -> Path:
         path = self.cas.tempdir()
@@ -80,20 +118,36 @@ class RunContext:
         return path
 
     def executor(self, name: str) -> Any:
-        return self.session.executor(name)
+        return self._executors(name)
 
-    def result(self, outputs: dict[str, str], blobs: Iterable[str] = (),
+    def result(self, outputs: dict[str, Descriptor], blobs: Iterable[Descriptor] = (),
                metadata: dict[str, Any] | None = None) -> ActionResult:
-        """Build a result, recording each blob's size so cache hits can check it cheaply."""
-        all_blobs = sorted(set(blobs) | set(outputs.values()))
-        sizes = {d: self.cas.size(d) for d in all_blobs}
-        return ActionResult(dict(outputs), tuple(sorted(set(blobs))), sizes, metadata or {})
+        """The action's result: typed descriptors of its outputs and every blob they need,
+        each checked against the CAS (present, with the size the descriptor says)."""
+        for name, d in outputs.items():
+            if not isinstance(d, Descriptor):
+                raise TypeError(f"{self.action}: output {name!r} must be a Descriptor "
+                                f"(e.g. rc.cas.put_bytes(...)), not {type(d).__name__}")
+        result = ActionResult.make(outputs, blobs, metadata)
+        for d in result.blobs:
+            if self.cas.size(d.digest) != d.size:
+                raise CacheError(f"{self.action}: blob {d.digest} is {self.cas.size(d.digest)} "
+                                 f"bytes in the CAS, its descriptor says {d.size}")
+        return result
 
     def cleanup(self) -> None:
         import shutil
 
         for path in self._tempdirs:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class _Retry(Exception):
+    """An action found dependencies whose blobs are corrupt: re-run them, then it."""
+
+    def __init__(self, deps: list[Action]):
+        super().__init__(", ".join(str(d) for d in deps))
+        self.deps = deps
 
 
 @dataclass
@@ -112,6 +166,7 @@ class Scheduler:
         self.digests: FileDigests = self.session.file_digests
         self.reporter = self.session.reporter
         self.hooks = self.session.pm.hook
+        self.remote_required = bool(self.session.options.get("remote_cache_required"))
         self.results: dict[Action, ActionResult] = {}
         self.cancelled = threading.Event()
         self._platform_lock = threading.Lock()
@@ -139,6 +194,11 @@ class Scheduler:
         ready = deque(sorted((a for a, n in waiting.items() if n == 0), key=order.get))
         to_run: deque[tuple[Action, str]] = deque()
         running: dict[Future, Action] = {}
+        # Recovery: a dependency re-run because its blobs were corrupt goes through this
+        # same walk (keyed, looked up, prepared, hooked, logged); the actions that found it
+        # corrupt wait for it in `rerun_for` and are then re-keyed and run again, once.
+        rerun_for: dict[Action, list[Action]] = {}
+        retried: set[Action] = set()
         failed = False
         self.reporter.build_started(len(graph))
         pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="forge-action")
@@ -151,10 +211,28 @@ class Scheduler:
             if outcome.result is not None:
                 self.results[action] = outcome.result
             self.reporter.action_finished(outcome)
+            if action in rerun_for:  # a recovery re-run: wake only those waiting for it
+                for waiter in rerun_for.pop(action):
+                    waiting[waiter] -= 1
+                    if waiting[waiter] == 0:
+                        ready.append(waiter)
+                return
             for succ in sorted(graph.successors(action), key=order.get):
                 waiting[succ] -= 1
                 if waiting[succ] == 0:
                     ready.append(succ)
+
+        def recover(action: Action, corrupt: list[Action]) -> None:
+            retried.add(action)
+            waiting[action] = 0
+            for dep in corrupt:
+                self.ac.remove(self.outcomes[dep].key)
+                self.results.pop(dep, None)
+                if dep not in rerun_for:
+                    rerun_for[dep] = []
+                    ready.append(dep)
+                rerun_for[dep].append(action)
+                waiting[action] += 1
 
         try:
             while ready or to_run or running:
@@ -179,7 +257,7 @@ class Scheduler:
                         to_run.append((action, key))
                 while to_run and len(running) < max(1, self.jobs) and not (failed and not self.keep_going):
                     action, key = to_run.popleft()
-                    running[pool.submit(self._execute, action, key)] = action
+                    running[pool.submit(self._execute, action, key, action not in retried)] = action
                 if failed and not self.keep_going:
                     while to_run:
                         finish(Outcome(to_run.popleft()[0], SKIPPED))
@@ -187,20 +265,33 @@ class Scheduler:
                     continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    running.pop(fut)
-                    outcome = fut.result()
+                    action = running.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except _Retry as retry:
+                        self.reporter.warning(f"{action}: corrupt blobs in {retry}; re-running them")
+                        recover(action, retry.deps)
+                        continue
                     if outcome.status == FAILED:
                         failed = True
                     finish(outcome)
         except KeyboardInterrupt:
+            # Ctrl-C: tell running actions to stop (engine builds check this between output
+            # chunks), drop queued ones, record nothing more, and do not wait.
             self.cancelled.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:
+            # A failure that must stop the build (--remote-cache-required): the same, but
+            # wait for running actions to stop so no engine build goes on behind our back.
+            self.cancelled.set()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         return self.outcomes
 
     # -- one action, in a worker ----------------------------------------------------
-    def _execute(self, action: Action, key: str) -> Outcome:
+    def _execute(self, action: Action, key: str, may_retry: bool = True) -> Outcome:
         start = time.monotonic()
         remote = self._remote_lookup(action, key)
         if remote is not None:
@@ -214,52 +305,42 @@ class Scheduler:
             lines.append(line)
             self.reporter.action_log(action, line)
 
-        ctx = RunContext(self.session, action, self.results, log, self.cancelled)
+        ctx = RunContext(action, self.results, self.cas, self.session.executor, log,
+                         self.reporter.warning, self.cancelled)
         self.reporter.action_started(action)
         self.hooks.forge_action_started(action=action)
         try:
             self._prepare_platform(action)
-            result = self._run_with_retry(action, ctx)
+            result = action.run(ctx)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an outcome
+            corrupt = self._corrupt_deps(action) if isinstance(exc, BlobMissing) and may_retry else []
             message = str(exc) if isinstance(exc, ForgeError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, ForgeError | KeyboardInterrupt):
                 lines.append(traceback.format_exc())
             self._write_log(log_path, lines)
             self.hooks.forge_action_finished(action=action, result=None, status=FAILED)
+            if corrupt:
+                raise _Retry(corrupt) from None
             return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path)
         finally:
             ctx.cleanup()
         self._write_log(log_path, lines)
         if lines:
             log_blob = self.cas.put_bytes(("\n".join(lines) + "\n").encode())
-            result = ActionResult(result.outputs, result.blobs, result.sizes, result.metadata, log_blob.digest)
+            result = result.with_log(log_blob.digest)
         self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
         self._remote_upload(action, key, result)
         self.hooks.forge_action_finished(action=action, result=result, status=BUILT)
         return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path)
 
-    def _run_with_retry(self, action: Action, ctx: RunContext) -> ActionResult:
-        """Run; when a dependency's blob turns out corrupt, rebuild that dep once and retry."""
-        try:
-            return action.run(ctx)
-        except BlobMissing:
-            rebuilt = False
-            for dep in action.deps:
-                result = self.results[dep]
-                if not all(self.cas.verify(d) for d in result.all_blobs()):
-                    dep_key = self.outcomes[dep].key
-                    self.ac.remove(dep_key)
-                    dep_ctx = RunContext(self.session, dep, self.results, ctx._log, self.cancelled)
-                    try:
-                        new = dep.run(dep_ctx)
-                    finally:
-                        dep_ctx.cleanup()
-                    self.ac.record(dep_key, new, {"label": str(dep.label), "mnemonic": dep.mnemonic})
-                    self.results[dep] = new
-                    rebuilt = True
-            if not rebuilt:
-                raise
-            return action.run(ctx)
+    def _corrupt_deps(self, action: Action) -> list[Action]:
+        """The dependencies whose blobs no longer verify (verify evicts the bad ones)."""
+        corrupt = []
+        for dep in action.deps:
+            result = self.results.get(dep)
+            if result is not None and not all([self.cas.verify(d) for d in result.all_blobs()]):
+                corrupt.append(dep)
+        return corrupt
 
     def _prepare_platform(self, action: Action) -> None:
         if action.executor is None or action.platform is None:
@@ -280,23 +361,37 @@ class Scheduler:
             raise state
 
     # -- remote cache ---------------------------------------------------------------
+    def _warn_once(self, ident: str, message: str) -> None:
+        with self._remote_lock:
+            if ident in self._warned:
+                return
+            self._warned.add(ident)
+        self.reporter.warning(message)
+
     def _degrade(self, backend: Any, exc: BaseException) -> None:
+        """A transport failure: stop using the backend for this build (one warning), or,
+        under --remote-cache-required, stop the build."""
         with self._remote_lock:
             if backend in self.remote_caches:
                 self.remote_caches.remove(backend)
-            name = backend.describe()
-            if name not in self._warned:
-                self._warned.add(name)
-                self.reporter.warning(f"remote cache {name} unusable, building locally: {exc}")
-        if self.session.options.get("remote_cache_required"):
-            raise RemoteCacheError(f"remote cache {backend.describe()} failed: {exc}")
+        name = backend.describe()
+        if self.remote_required:
+            self.cancelled.set()
+            raise RemoteCacheError(f"remote cache {name} failed (--remote-cache-required): {exc}")
+        self._warn_once(name, f"remote cache {name} unusable, building locally: {exc}")
 
     def _remote_lookup(self, action: Action, key: str) -> ActionResult | None:
         for backend in list(self.remote_caches):
             try:
                 result = backend.lookup(key, self.cas)
-            except RemoteCacheError as exc:
-                self._degrade(backend, exc)
+            except RemoteEntryInvalid as exc:
+                # One bad entry costs one miss, not the backend.
+                if self.remote_required:
+                    self.cancelled.set()
+                    raise RemoteCacheError(f"remote cache {backend.describe()}: {exc}") from None
+                self._warn_once(f"{backend.describe()}#{key}",
+                                f"remote cache {backend.describe()}: entry {key} for {action} is "
+                                f"unusable, building it locally: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - a broken remote never fails a build
                 self._degrade(backend, exc)

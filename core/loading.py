@@ -53,7 +53,8 @@ class Loader:
         self.root = root
         self.rules = rules
         self.packages: dict[str, Package] = {}
-        self._modules: dict[str, sl.FrozenModule] = {}
+        self._modules: dict[str, sl.FrozenModule] = {}  # by resolved label
+        self._star_package: str | None = None  # package of the .star file being evaluated
         self._current: Package | None = None
         self._pending: ForgeError | None = None
         self._globals = sl.Globals.standard()
@@ -162,13 +163,19 @@ class Loader:
         return f"{loc}: {message}" if loc else message
 
     def _load(self, module_name: str) -> sl.FrozenModule:
-        if module_name in self._modules:
-            return self._modules[module_name]
+        # Resolve first, cache by the resolved label: `load(":defs.star")` in //a and in //b
+        # are two different files, whatever order the packages load in.
+        # A relative label is relative to the file that says load(): the BUILD file's
+        # package, or, inside a loaded .star file, that file's own package (as in Bazel).
+        here = self._star_package if self._star_package is not None else (
+            self._current.name if self._current else None)
         try:
-            label = parse_label(module_name, self._current.name if self._current else None)
+            label = parse_label(module_name, here)
         except LabelError as exc:
             self._pending = BuildFileError(f"load({module_name!r}): {exc}")
             raise
+        if str(label) in self._modules:
+            return self._modules[str(label)]
         path = self.root / label.package / label.name
         if not path.is_file() or not path.name.endswith(".star"):
             self._pending = BuildFileError(
@@ -176,9 +183,13 @@ class Loader:
             )
             raise FileNotFoundError(module_name)
         module = self._module()
-        self._eval_file(path, module)
+        previous, self._star_package = self._star_package, label.package
+        try:
+            self._eval_file(path, module)
+        finally:
+            self._star_package = previous
         frozen = module.freeze()
-        self._modules[module_name] = frozen
+        self._modules[str(label)] = frozen
         return frozen
 
     def _package_name(self) -> str:

@@ -8,6 +8,7 @@ Built-in plugins are registered exactly like third-party ones (entry points in t
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -58,6 +59,7 @@ class ExecutorRegistry:
     def __init__(self) -> None:
         self._factories: dict[str, Callable[[Any], Any]] = {}
         self._instances: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def add(self, name: str, factory: Callable[[Any], Any]) -> None:
         if name in self._factories:
@@ -65,13 +67,16 @@ class ExecutorRegistry:
         self._factories[name] = factory
 
     def get(self, name: str, workspace: Any) -> Any:
-        if name not in self._instances:
-            if name not in self._factories:
-                raise ConfigError(
-                    f"unknown executor '{name}'{did_you_mean(name, self._factories)}"
-                )
-            self._instances[name] = self._factories[name](workspace)
-        return self._instances[name]
+        """The one instance of executor ``name`` (created on first use; workers call this
+        concurrently, so creation is under a lock: two threads never get two engines)."""
+        with self._lock:
+            if name not in self._instances:
+                if name not in self._factories:
+                    raise ConfigError(
+                        f"unknown executor '{name}'{did_you_mean(name, self._factories)}"
+                    )
+                self._instances[name] = self._factories[name](workspace)
+            return self._instances[name]
 
     def names(self) -> list[str]:
         return sorted(self._factories)

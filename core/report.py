@@ -127,7 +127,7 @@ class JsonReporter(Reporter):
         if outcome.error:
             event["error"] = outcome.error
         if outcome.result is not None:
-            event["outputs"] = outcome.result.outputs
+            event["outputs"] = {k: d.digest for k, d in outcome.result.outputs.items()}
         self._emit(event)
 
     def warning(self, message: str) -> None:

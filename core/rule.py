@@ -91,8 +91,10 @@ class AnalysisContext:
         target: TargetDef,
         deps: dict[Label, ConfiguredTarget],
         default_platform: Platform,
+        epoch: int = 0,
     ):
         self.label = target.label
+        self.epoch = epoch  # SOURCE_DATE_EPOCH of this build; enters keys via timestamps=True
         self.location = target.location
         self.package_dir = target.package_dir
         self._target = target
@@ -138,10 +140,16 @@ class AnalysisContext:
         platform: Platform | None = None,
         executor: str | None = None,
         hermetic: bool = True,
+        timestamps: bool = False,
         description: str = "",
         materialize: Callable[..., None] | None = None,
     ) -> Action:
-        """Declare an action; the last one declared is the target's default output."""
+        """Declare an action; the last one declared is the target's default output.
+
+        ``run`` must be a module-level function: it receives only what is declared here.
+        ``timestamps=True`` says the action writes times (layer mtimes, a config's
+        ``created``): the build's epoch then enters its key and ``rc.epoch`` gives it.
+        """
         action = make_action(
             label=self.label,
             mnemonic=mnemonic,
@@ -151,6 +159,7 @@ class AnalysisContext:
             inputs=tuple(inputs),
             deps=tuple(deps),
             platform=platform,
+            epoch=self.epoch if timestamps else None,
             executor=executor,
             hermetic=hermetic,
             index=len(self.actions),

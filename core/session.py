@@ -100,6 +100,14 @@ class Session:
             return parse_platform(self.workspace.platforms[0])
         return host_platform()
 
+    @property
+    def epoch(self) -> int:
+        """SOURCE_DATE_EPOCH, read once per build here and nowhere else: rules get it from
+        the analysis context, and it enters the key of every action that writes a time."""
+        from forge.core.workspace import source_date_epoch
+
+        return source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH"))
+
     # -- load + analyze ---------------------------------------------------------------
     def resolve(self, patterns: list[str]) -> list[Label]:
         if not patterns:
@@ -110,7 +118,7 @@ class Session:
         return list(labels)
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
-        analyzer = Analyzer(self.loader, self.default_platform)
+        analyzer = Analyzer(self.loader, self.default_platform, self.epoch)
         targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
         return targets, analyzer
 
@@ -149,9 +157,12 @@ class Session:
             self.file_digests.save()
             self._save_keys(scheduler.manifests)
         summaries = []
-        for target in targets:
-            summaries.append(self._summarize(target, outcomes))
-            self._materialize(target, outcomes)
+        try:
+            for target in targets:
+                summaries.append(self._summarize(target, outcomes))
+                self._materialize(target, outcomes)
+        finally:
+            self.cas.save()
         return summaries, outcomes
 
     def _save_keys(self, manifests: dict[str, Any]) -> None:
@@ -185,10 +196,10 @@ class Session:
         outputs: dict[str, str] = {}
         size = 0
         if result is not None:
-            outputs = dict(result.outputs)
+            outputs = {k: d.digest for k, d in result.outputs.items()}
             digest = next((outputs[k] for k in ("index", "manifest", "layer") if k in outputs),
                           next(iter(outputs.values()), ""))
-            size = sum(result.sizes.values())
+            size = sum(d.size for d in result.blobs)
         platform = ""
         if ImageInfo in target:
             platform = str(target[ImageInfo].platform)
@@ -210,8 +221,8 @@ class Session:
             default.action.materialize(self.cas, outcome.result, dest)
             return
         dest.mkdir(parents=True, exist_ok=True)
-        for name, digest in outcome.result.outputs.items():
-            self.cas.link_out(digest, dest / name)
+        for name, desc in outcome.result.outputs.items():
+            self.cas.copy_out(desc.digest, dest / name)
 
 
 def configure_plugins(pm: Any, workspace: Workspace) -> None:

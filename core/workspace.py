@@ -133,3 +133,17 @@ def load_workspace(root: Path) -> Workspace:
         )
     name = config["workspace"]["name"] or root.name
     return Workspace(root, name, config, tables, list(modules))
+
+
+def source_date_epoch(raw: str | None) -> int:
+    """The build's timestamp from a SOURCE_DATE_EPOCH value: unset or empty means 0."""
+    raw = (raw or "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is negative")
+    return value

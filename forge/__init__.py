@@ -7,7 +7,10 @@ Write a plugin in five lines::
     class Hello(forge.Rule):
         name = "hello"; doc = "Writes a greeting."; attrs = {"who": forge.attr.string(default="world")}
         def analyze(self, ctx):
-            return [forge.DefaultInfo(ctx.action("Hello", lambda rc: rc.result({"out": rc.cas.put_bytes(b"hi").digest})))]
+            return [forge.DefaultInfo(ctx.action("Hello", hello))]
+
+    def hello(rc):  # module level: an action's run function gets only what its key covers
+        return rc.result({"out": rc.cas.put_bytes(b"hi")})
 
     @forge.hookimpl
     def forge_register_rules(registry): registry.add(Hello)
@@ -33,6 +36,7 @@ _LAZY = {
     "attr": ("forge.core.attrs", None),
     "Action": ("forge.core.actions", "Action"),
     "ActionResult": ("forge.core.actions", "ActionResult"),
+    "Descriptor": ("forge.core.cas", "Descriptor"),
     "SourceFile": ("forge.core.actions", "SourceFile"),
     "ActionFailed": ("forge.core.errors", "ActionFailed"),
     "AnalysisError": ("forge.core.errors", "AnalysisError"),
@@ -72,6 +76,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from forge.core import attrs as attr  # noqa: F401
     from forge.core.actions import Action, ActionResult, SourceFile  # noqa: F401
+    from forge.core.cas import Descriptor  # noqa: F401
     from forge.core.errors import (  # noqa: F401
         ActionFailed,
         AnalysisError,

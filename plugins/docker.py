@@ -161,7 +161,7 @@ class DockerExecutor:
         image = self.export(rc, client, image_id, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
-        image = with_config(image, platform=platform)
+        image = with_config(image, platform=platform, epoch=rc.epoch)
         # That changes the config digest, so name the engine's image after ours: the next
         # step of a chain then finds its base in the engine instead of loading it again.
         client.api.tag(image_id, engine_ref(image))

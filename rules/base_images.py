@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import forge
@@ -39,17 +37,18 @@ class OciImport(forge.Rule):
         else:
             raise ctx.fail(f"src {src!r} does not exist in {ctx.package_dir}")
         platform = ctx.platform
-        # The host path is bound into the run function, not the key: the key sees the files.
-        action = ctx.action("OciImport", partial(import_image, path=path), inputs=ctx.files(rels),
-                            platform=platform,
+        # The key sees the files' contents; the run function finds them through rc.source.
+        # A rootfs tarball is rewritten with the build's epoch (timestamps=True).
+        action = ctx.action("OciImport", import_image, inputs=ctx.files(rels),
+                            platform=platform, timestamps=True,
                             params={"src": src}, description=src, materialize=materialize_image)
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
 
-def import_image(rc: forge.RunContext, path: Path) -> forge.ActionResult:
+def import_image(rc: forge.RunContext) -> forge.ActionResult:
     from forge.core.oci.importers import import_any
 
-    image = import_any(rc.cas, path, rc.platform)
+    image = import_any(rc.cas, rc.source(rc.params["src"]), rc.platform, epoch=rc.epoch)
     return image_result(rc, image)
 
 
@@ -81,10 +80,12 @@ class OciPull(forge.Rule):
             raise ctx.fail(pin_message(ctx.attr.image))
         platform = ctx.platform
         action = ctx.action(
-            "OciPull", partial(pull_image, registry=ref.registry, repository=ref.repository),
-            platform=platform,
-            # The digest names the content; the repository is only where to fetch it.
-            params={"digest": digest}, description=f"{ref.repository}@{digest[:19]}",
+            "OciPull", pull_image, platform=platform,
+            # The digest names the content. Where to fetch it is a param too, because the
+            # run function may read nothing else: moving the mirror re-pulls (and re-verifies)
+            # the same bytes, and dependents see the same result digest, so nothing else runs.
+            params={"digest": digest, "registry": ref.registry, "repository": ref.repository},
+            description=f"{ref.repository}@{digest[:19]}",
             materialize=materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
@@ -103,11 +104,12 @@ def pin_message(image: str) -> str:
             f'    digest = "{served}",')
 
 
-def pull_image(rc: forge.RunContext, registry: str, repository: str) -> forge.ActionResult:
+def pull_image(rc: forge.RunContext) -> forge.ActionResult:
     from forge.core.oci.image import Index
     from forge.core.oci.registry import RegistryClient
 
-    value = RegistryClient(registry).pull(rc.cas, repository, rc.params["digest"], platform=rc.platform)
+    p = rc.params
+    value = RegistryClient(p["registry"]).pull(rc.cas, p["repository"], p["digest"], platform=rc.platform)
     if isinstance(value, Index):
         value = value.image(rc.platform)
     return image_result(rc, value)

@@ -15,29 +15,50 @@ import forge
 from forge.core.actions import ActionResult
 
 
+def image_descriptors(value: Any) -> tuple[Any, list[Any]]:
+    """(the manifest's descriptor, every blob's descriptor) of an Image or Index: the
+    manifest with its platform, the config, each layer with its diff_id, and for an index
+    every child manifest with its blobs."""
+    from forge.core.cas import Descriptor
+    from forge.core.oci.image import Index
+    from forge.core.oci.media import to_oci
+
+    def of_image(image: Any) -> tuple[Any, list[Any]]:
+        top = Descriptor(image.digest, image.size, image.media_type,
+                         platform=str(image.platform) if image.platform else None)
+        blobs = [top, Descriptor(image.config_digest, image.config_size, image.config_media_type)]
+        blobs += [Descriptor(layer.digest, layer.size, to_oci(layer.media_type), diff_id=layer.diff_id)
+                  for layer in image.layers]
+        return top, blobs
+
+    if isinstance(value, Index):
+        top = Descriptor(value.digest, value.size, value.media_type)
+        blobs = [top]
+        for image in value.images:
+            blobs += of_image(image)[1]
+        return top, blobs
+    return of_image(value)
+
+
 def image_result(rc: forge.RunContext, value: Any, metadata: dict[str, Any] | None = None) -> ActionResult:
-    """Store ``value`` (an Image or Index) and describe it as the action's result."""
+    """Store ``value`` (an Image or Index) and describe it as the action's result: the
+    output descriptor (``manifest`` or ``index``) and every blob it needs, typed."""
     from forge.core.oci.image import Index, store_image
 
     store_image(rc.cas, value)
+    top, blobs = image_descriptors(value)
     if isinstance(value, Index):
-        blobs = [value.digest]
-        for image in value.images:
-            blobs += [d for d, _ in image.blobs()]
-        meta = {"platforms": [str(p) for p in value.platforms],
-                "identity": sorted([str(i.platform), i.config_digest] for i in value.images)}
-        return rc.result({"index": value.digest}, blobs=blobs, metadata={**meta, **(metadata or {})})
-    # the config digest names the image's content (diff_ids, config) whatever compressed it
-    meta = {"platform": str(value.platform) if value.platform else "", "identity": value.config_digest}
-    return rc.result({"manifest": value.digest}, blobs=[d for d, _ in value.blobs()],
-                     metadata={**meta, **(metadata or {})})
+        meta = {"platforms": [str(p) for p in value.platforms]}
+        return rc.result({"index": top}, blobs=blobs, metadata={**meta, **(metadata or {})})
+    meta = {"platform": str(value.platform) if value.platform else ""}
+    return rc.result({"manifest": top}, blobs=blobs, metadata={**meta, **(metadata or {})})
 
 
 def dep_image(rc: forge.RunContext, action: forge.Action):
     """The Image a dependency action produced."""
     from forge.core.oci.image import load_image
 
-    return load_image(rc.cas, rc.dep(action).outputs["manifest"])
+    return load_image(rc.cas, rc.dep(action).outputs["manifest"].digest)
 
 
 def materialize_image(cas: Any, result: ActionResult, dest: Path) -> None:
@@ -45,8 +66,8 @@ def materialize_image(cas: Any, result: ActionResult, dest: Path) -> None:
     from forge.core.oci.image import load
     from forge.core.oci.layout import write_layout
 
-    digest = result.outputs.get("index") or result.outputs["manifest"]
-    write_layout(cas, load(cas, digest), dest)
+    top = result.outputs.get("index") or result.outputs["manifest"]
+    write_layout(cas, load(cas, top.digest), dest)
 
 
 def image_platform(ctx: forge.AnalysisContext, base: Any) -> forge.Platform:

@@ -98,7 +98,7 @@ class Debootstrap(forge.Rule):
         action = ctx.action(
             # No executor: it runs on the host. Non-hermetic: it reads a mirror.
             "Debootstrap", run_debootstrap, version=1, params=params, platform=platform,
-            hermetic=False, description=f"{a.suite} {a.variant} {platform.debian_arch}{extra}",
+            hermetic=False, timestamps=True, description=f"{a.suite} {a.variant} {platform.debian_arch}{extra}",
             materialize=materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
@@ -161,8 +161,8 @@ def run_debootstrap(rc: forge.RunContext) -> forge.ActionResult:
     stream(rc, ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--one-file-system",
                 "-C", str(target), "-cf", str(tarball), "."], "tar")
     shutil.rmtree(target, ignore_errors=True)
-    image = import_rootfs_tar(rc.cas, tarball, platform)
-    image = with_config(image, env=DEFAULT_ENV, cmd=["bash"], platform=platform)
+    image = import_rootfs_tar(rc.cas, tarball, platform, epoch=rc.epoch)
+    image = with_config(image, env=DEFAULT_ENV, cmd=["bash"], platform=platform, epoch=rc.epoch)
     rc.log(f"{platform}: {packages} packages, image {image.digest}")
     return image_result(rc, image, metadata={"suite": rc.params["suite"], "packages": packages})
 

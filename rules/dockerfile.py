@@ -10,7 +10,6 @@ engine from the CAS, so no registry sits between steps.
 from __future__ import annotations
 
 import re
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,10 @@ def declare_build(
         base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action
     files = ctx.files(dict.fromkeys(inputs))
     return ctx.action(
-        "DockerBuild", partial(build_dockerfile, package_dir=ctx.package_dir),
+        "DockerBuild", build_dockerfile,
         inputs=files, deps=[base_action] if base_action else [], platform=platform,
         executor="docker", hermetic=not network,
+        timestamps=True,  # the result's config `created` is the build's epoch
         params={"dockerfile": dockerfile, "context": sorted(context), "build_args": args,
                 "target": target, "network": network, "context_root": context_root},
         description=description, materialize=materialize_image,
@@ -178,11 +178,11 @@ class DockerfileChain(forge.Rule):
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
 
-def build_dockerfile(rc: forge.RunContext, package_dir: Path) -> forge.ActionResult:
+def build_dockerfile(rc: forge.RunContext) -> forge.ActionResult:
     """Run the build on the docker executor and bring the image back into the CAS."""
     from forge.rules.common import dep_image, image_result
 
     base = dep_image(rc, rc.action.deps[0]) if rc.action.deps else None
     engine = rc.executor("docker")
-    image = engine.build(rc, package_dir=package_dir, base=base)
+    image = engine.build(rc, package_dir=rc.source(), base=base)
     return image_result(rc, image)

@@ -44,7 +44,7 @@ class ImageRule(forge.Rule):
         layer_actions = [dep[forge.LayerInfo].action for dep in a.layers]
         deps = ([base_action] if base_action else []) + layer_actions
         action = ctx.action(
-            "Image", assemble_image, deps=deps, platform=platform,
+            "Image", assemble_image, deps=deps, platform=platform, timestamps=True,
             params={
                 "has_base": base_action is not None,
                 "env": a.env, "entrypoint": a.entrypoint, "cmd": a.cmd, "workdir": a.workdir,
@@ -58,11 +58,11 @@ class ImageRule(forge.Rule):
 
 
 def layer_of(rc: forge.RunContext, action: forge.Action):
+    """The Layer a dependency produced, exactly as its descriptor says."""
     from forge.core.oci.image import Layer
 
-    result = rc.dep(action)
-    digest = result.outputs["layer"]
-    return Layer(digest, result.metadata["diff_id"], rc.cas.size(digest), result.metadata["media_type"])
+    d = rc.dep(action).outputs["layer"]
+    return Layer(d.digest, d.diff_id, d.size, d.media_type)
 
 
 def assemble_image(rc: forge.RunContext) -> forge.ActionResult:
@@ -73,12 +73,13 @@ def assemble_image(rc: forge.RunContext) -> forge.ActionResult:
     image = dep_image(rc, deps.pop(0)) if p["has_base"] else EMPTY_IMAGE
     layers = [layer_of(rc, d) for d in deps]
     if layers:
-        image = append_layers(image, *layers, history=[f"forge layer {h}" for h in p["history"]])
+        image = append_layers(image, *layers, history=[f"forge layer {h}" for h in p["history"]],
+                              epoch=rc.epoch)
     image = with_config(
         image,
         env=[f"{k}={v}" for k, v in p["env"].items()] or None,
         entrypoint=p["entrypoint"], cmd=p["cmd"], workdir=p["workdir"], user=p["user"],
-        labels=p["labels"] or None, platform=rc.platform,
+        labels=p["labels"] or None, platform=rc.platform, epoch=rc.epoch,
     )
     return image_result(rc, image)
 

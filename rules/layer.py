@@ -56,7 +56,7 @@ class Layer(forge.Rule):
             raise ctx.fail(f"owner = {a.owner!r} should be numeric 'uid:gid'")
         files = ctx.files(a.srcs)
         action = ctx.action(
-            "Layer", write_layer_action, version=2, inputs=files,
+            "Layer", write_layer_action, version=2, inputs=files, timestamps=True,
             # Where each file lands is a parameter, so moving prefix re-keys the layer.
             params={
                 "entries": [[f.relpath, _image_path(f.relpath, a.prefix, a.strip_prefix)] for f in files],
@@ -82,15 +82,24 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
         for e in entries_from_files({dest: sources[rel] for rel, dest in p["entries"]})
     ]
     layer = write_layer(rc.cas, entries, compression=p["compression"], level=p["level"],
-                        owner=p["owner"])
-    return rc.result({"layer": layer.digest}, metadata={"diff_id": layer.diff_id, "identity": layer.diff_id,
-                                                         "media_type": layer.media_type})
+                        owner=p["owner"], epoch=rc.epoch)
+    return rc.result({"layer": layer_descriptor(layer)})
+
+
+def layer_descriptor(layer):
+    """A Layer as a result descriptor (digest, size, media type, diff_id)."""
+    from forge.core.cas import Descriptor
+
+    return Descriptor(layer.digest, layer.size, layer.media_type, diff_id=layer.diff_id)
 
 
 def materialize_layer(cas, result: forge.ActionResult, dest) -> None:
     """forge-out/<pkg>/<name>/layer.tar.gz (or .tar.zst / .tar, by compression)."""
-    suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(
-        "gzip" if result.metadata["media_type"].endswith("gzip") else
-        "zstd" if result.metadata["media_type"].endswith("zstd") else "none", ".tar")
+    from forge.core.oci.media import layer_compression
+
+    desc = result.outputs["layer"]
+    suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(layer_compression(desc.media_type), ".tar")
     dest.mkdir(parents=True, exist_ok=True)
-    cas.link_out(result.outputs["layer"], dest / f"layer{suffix}")
+    for stale in {".tar.gz", ".tar.zst", ".tar"} - {suffix}:  # a compression change
+        (dest / f"layer{stale}").unlink(missing_ok=True)
+    cas.copy_out(desc.digest, dest / f"layer{suffix}")

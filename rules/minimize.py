@@ -143,8 +143,6 @@ class Minimize(forge.Rule):
     attrs = ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
-        from forge.core.oci.image import source_date_epoch
-
         a = ctx.attr
         for attr_name in ("paths", "additional_files", "additional_lib_locations"):
             for i, pattern in enumerate(getattr(a, attr_name)):
@@ -165,7 +163,8 @@ class Minimize(forge.Rule):
             deps.append(base.action)
             base_label = a.production_base.label
         action = ctx.action(
-            "Minimize", harvest_action, deps=deps, platform=info.platform,
+            # Layer mtimes are the build's epoch, so it is part of the output (timestamps).
+            "Minimize", harvest_action, deps=deps, platform=info.platform, timestamps=True,
             params={
                 "paths": a.paths, "additional_files": a.additional_files,
                 "additional_lib_locations": a.additional_lib_locations, "exclude": a.exclude,
@@ -173,8 +172,6 @@ class Minimize(forge.Rule):
                 # error there, while a list the user wrote is checked.
                 "strict_paths": a.paths != DEFAULT_PATHS,
                 "missing": a.missing, "has_base": base_label is not None,
-                # Layer mtimes are SOURCE_DATE_EPOCH, so it is part of the output.
-                "epoch": source_date_epoch(),
             },
             description=f"from {a.image.label}" + (f" for {base_label}" if base_label else ""),
             materialize=materialize_minimize,
@@ -633,6 +630,7 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
     from forge.core.elf import LayeredRootFS, env_value
     from forge.core.oci.layer_writer import write_layer
     from forge.rules.common import dep_image
+    from forge.rules.layer import layer_descriptor
 
     p = rc.params
     image = dep_image(rc, rc.action.deps[0])
@@ -655,10 +653,8 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
         if h.missing:
             if p["missing"] == "error":
                 raise MinimizeError(missing_message(what, h.missing))
-            message = missing_message(what, h.missing).split("\n  add them")[0]
-            rc.log(f"warning: {message}")
-            rc.session.reporter.warning(f"{rc.action.label}: {message}")
-        layer = write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=p["epoch"])
+            rc.warn(missing_message(what, h.missing).split("\n  add them")[0])
+        layer = write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=rc.epoch)
     report = h.report(
         image=image.digest, platform=str(image.platform or ""),
         production_base=base.digest if base is not None else None,
@@ -673,11 +669,9 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
     rc.log(f"{totals['files']} files, {totals['symlinks']} symlinks, {totals['libraries']} "
            f"libraries ({totals['provided_by_base']} left to the base), "
            f"{totals['bytes']} bytes; layer {layer.digest[:19]} ({layer.size} bytes)")
-    return rc.result({"layer": layer.digest, "report": blob.digest}, metadata={
-        "diff_id": layer.diff_id, "media_type": layer.media_type,
-        "identity": [layer.diff_id, blob.digest],  # uncompressed: see ActionResult.digest
-        "search_dirs": h.search_dirs, **totals,
-    })
+    return rc.result(
+        {"layer": layer_descriptor(layer), "report": blob.typed("application/json")},
+        metadata={"search_dirs": h.search_dirs, **totals})
 
 
 def materialize_minimize(cas: Any, result: forge.ActionResult, dest: Path) -> None:
@@ -685,7 +679,7 @@ def materialize_minimize(cas: Any, result: forge.ActionResult, dest: Path) -> No
     from forge.rules.layer import materialize_layer
 
     materialize_layer(cas, result, dest)
-    cas.link_out(result.outputs["report"], dest / "report.json")
+    cas.copy_out(result.outputs["report"].digest, dest / "report.json")
 
 
 # -- forge query why ------------------------------------------------------------------------
@@ -703,7 +697,7 @@ def load_report(session: Any, text: str) -> dict[str, Any]:
                          "minimize target")
     summaries, outcomes = session.build([str(label)])
     raise_for_failures(outcomes)
-    return json.loads(session.cas.read_bytes(summaries[0].outputs["report"]))
+    return json.loads(session.cas.read_bytes(summaries[0].outputs["report"]))  # a digest
 
 
 def _reason_text(reason: dict[str, str]) -> str:

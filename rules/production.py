@@ -67,8 +67,6 @@ class Production(forge.Rule):
     attrs = ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
-        from forge.core.oci.image import source_date_epoch
-
         a = ctx.attr
         platform = image_platform(ctx, a.base)
         minimized = a.minimized[MinimizeInfo]
@@ -92,7 +90,7 @@ class Production(forge.Rule):
             text = packages_dockerfile(a.packages)
             base_action = ctx.action(
                 "ProductionPackages", install_packages, deps=[base_action], platform=platform,
-                executor="docker", hermetic=False,
+                executor="docker", hermetic=False, timestamps=True,
                 # the keys DockerExecutor.build reads, plus the generated Dockerfile itself
                 params={"dockerfile": "Dockerfile", "dockerfile_text": text, "context": [],
                         "build_args": {}, "target": None, "network": True, "context_root": "",
@@ -102,13 +100,12 @@ class Production(forge.Rule):
             )
         action = ctx.action(
             "Production", assemble_production, deps=[base_action, minimized.action],
-            platform=platform,
+            platform=platform, timestamps=True,
             params={
                 "env": a.env, "entrypoint": a.entrypoint, "cmd": a.cmd, "workdir": a.workdir,
                 "labels": a.labels, "history": history, "base": str(a.base.label),
                 # A layer not fitted to this base is checked against it (see run below).
                 "check_fit": minimized.production_base is None,
-                "epoch": source_date_epoch(),
             },
             description=f"{a.minimized.label} on {a.base.label}" +
                         (f" + {len(a.packages)} package(s)" if a.packages else ""),
@@ -178,13 +175,13 @@ def assemble_production(rc: forge.RunContext) -> forge.ActionResult:
     layer = layer_of(rc, minimized)
     if p["check_fit"]:
         check_fit(rc, base, layer, minimized)
-    image = append_layers(base, layer, history=p["history"], epoch=p["epoch"])
+    image = append_layers(base, layer, history=p["history"], epoch=rc.epoch)
     env = production_env((base.config.get("config") or {}).get("Env"),
                          rc.dep(minimized).metadata.get("search_dirs", []), p["env"])
     image = with_config(
         image, env=[f"{k}={v}" for k, v in env.items()], entrypoint=p["entrypoint"],
         cmd=p["cmd"], workdir=p["workdir"], labels=p["labels"] or None, platform=rc.platform,
-        epoch=p["epoch"],
+        epoch=rc.epoch,
     )
     return image_result(rc, image)
 

@@ -7,10 +7,10 @@ derived from those bytes. Operations never mutate: ``append_layers`` and ``with_
 return new images, ``make_index`` a new index; ``EMPTY_IMAGE`` is scratch.
 
 Documents forge writes are canonical JSON (sorted keys, no spaces) with OCI media types,
-and every timestamp in them is ``SOURCE_DATE_EPOCH`` (default 0, 1970-01-01T00:00:00Z),
-so the same layers and settings give the same manifest digest on every machine. Read
-``SOURCE_DATE_EPOCH`` enters every digest: an action that writes images must put it
-(or the explicit ``epoch`` argument) in its key.
+and every timestamp in them is the explicit ``epoch`` argument (default 0,
+1970-01-01T00:00:00Z), so the same layers and settings give the same manifest digest on
+every machine. Nothing here reads ``SOURCE_DATE_EPOCH``: the session reads it once and
+actions declared with ``timestamps=True`` get it (``rc.epoch``) with it in their key.
 
 Blobs live in the CAS: ``store_image`` writes the manifest and config of a value whose
 layers are already there; ``load_image`` / ``load_index`` / ``load`` read them back.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,6 @@ from forge.core.cas import CAS, sha256_digest
 from forge.core.errors import (
     AnalysisError,
     AttributeError_,
-    ConfigError,
     PlatformError,
     did_you_mean,
 )
@@ -39,19 +37,9 @@ from forge.core.platforms import Platform, from_oci, parse_platform
 
 
 def source_date_epoch(epoch: int | None = None) -> int:
-    """The timestamp forge writes: ``epoch`` if given, else ``$SOURCE_DATE_EPOCH``, else 0."""
-    if epoch is not None:
-        return int(epoch)
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is negative")
-    return value
+    """The timestamp forge writes: ``epoch`` as given, else 0. Never the environment:
+    writers get the epoch from their action (``rc.epoch``), where it is in the key."""
+    return 0 if epoch is None else int(epoch)
 
 
 def rfc3339(epoch: int) -> str:

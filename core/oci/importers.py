@@ -29,7 +29,7 @@ def kind_of(path: Path, cas: CAS) -> str:
     return "rootfs"
 
 
-def import_any(cas: CAS, path: Path, platform: Platform) -> Image:
+def import_any(cas: CAS, path: Path, platform: Platform, *, epoch: int = 0) -> Image:
     """Import ``path`` as an image of ``platform`` (an index yields that platform's image)."""
     from forge.core.oci.docker_archive import import_docker_archive
     from forge.core.oci.layout import read_layout
@@ -37,7 +37,7 @@ def import_any(cas: CAS, path: Path, platform: Platform) -> Image:
 
     kind = kind_of(Path(path), cas)
     if kind == "rootfs":
-        return import_rootfs_tar(cas, path, platform)
+        return import_rootfs_tar(cas, path, platform, epoch=epoch)
     if kind == "oci-layout":
         value = read_layout(cas, path)
         image = value.image(platform) if isinstance(value, Index) else value
@@ -49,6 +49,6 @@ def import_any(cas: CAS, path: Path, platform: Platform) -> Image:
         raise LayoutError(f"{path} is a tarred OCI layout: unpack it and import the directory")
     if image.platform is None or image.platform != platform:
         # An archive may carry no or the wrong platform; the target's platform is the truth.
-        image = with_config(image, platform=platform)
+        image = with_config(image, platform=platform, epoch=epoch)
         store_image(cas, image)
     return image

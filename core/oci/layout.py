@@ -1,11 +1,10 @@
 """OCI image layout directories: write an image or index from the CAS, read one into it.
 
 A layout is ``oci-layout``, ``index.json`` and ``blobs/sha256/<hex>``; it is what
-``forge-out/`` holds per image and what ``oci_import`` accepts. Blobs are hard-linked from
-the CAS when both are on one filesystem (a layout of a 2 GB image costs nothing), copied
-otherwise; a blob already in the layout is never written again, and every write is
-temp file + rename. A hard link shares the CAS file: editing a layout blob in place
-corrupts the CAS copy, which the CAS then finds (digest check on read) and evicts.
+``forge-out/`` holds per image and what ``oci_import`` accepts. Blobs are verified copies
+of the CAS's (``CAS.copy_out``), never hard links: editing a layout in place cannot reach
+the store. A blob already in the layout is re-hashed only when its stat data changed, and
+replaced when it no longer matches; every write is temp file + rename.
 
 Reading copies blobs into the CAS verified: a blob whose content does not match its name
 is not stored, and the layout is reported.
@@ -58,7 +57,7 @@ def write_layout(cas: CAS, value: Image | Index, dest: Path, *, ref_name: str | 
 
 
 def _place_blob(cas: CAS, digest: str, blobs: Path) -> None:
-    cas.link_out(digest, blobs / split_digest(digest)[1], keep_existing=True)
+    cas.copy_out(digest, blobs / split_digest(digest)[1])
 
 
 def read_layout(cas: CAS, src: Path, *, ref_name: str | None = None) -> Image | Index:

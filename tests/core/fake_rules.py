@@ -39,7 +39,7 @@ def run_concat(rc):
     if rc.params["fail"]:
         rc.log("about to fail")
         raise forge.ActionFailed("concat told to fail")
-    parts = [rc.cas.read_bytes(rc.dep(d).outputs["out"]) for d in rc.action.deps]
+    parts = [rc.cas.read_bytes(rc.dep(d).outputs["out"].digest) for d in rc.action.deps]
     parts += [f.path.read_bytes() for f in rc.action.inputs]
     parts.append(rc.params["text"].encode())
     data = b"".join(parts)
@@ -63,8 +63,8 @@ def _write(rc, data: bytes, slow: float):
                 w.write(data + str(i).encode() * 1000)
                 w.flush()
                 time.sleep(slow / 200)
-        return rc.result({"out": w.digest})
-    return rc.result({"out": rc.cas.put_bytes(data).digest})
+        return rc.result({"out": forge.Descriptor(w.digest, w.size)})
+    return rc.result({"out": rc.cas.put_bytes(data)})
 
 
 @forge.hookimpl

@@ -147,13 +147,25 @@ def test_key_manifest_has_no_absolute_paths(tmp_path):
 
 
 
-def test_result_identity_ignores_compressed_bytes():
-    """Two machines whose gzip differs make different blobs of the same layer: downstream
-    keys see the uncompressed identity, so they still share cache entries."""
+def test_result_identity_covers_everything_a_consumer_reads():
+    """Regression (issue 11, bug 2): an image reads a layer's digest, size, media type and
+    diff_id, so each of them is in the identity downstream keys see. A zstd layer with the
+    same diff_id as a gzip one must re-key the image on it."""
     from forge.core.actions import ActionResult
+    from forge.core.cas import Descriptor
 
-    a = ActionResult({"layer": "sha256:" + "a" * 64}, metadata={"identity": "sha256:" + "d" * 64})
-    b = ActionResult({"layer": "sha256:" + "b" * 64}, metadata={"identity": "sha256:" + "d" * 64})
-    c = ActionResult({"layer": "sha256:" + "b" * 64}, metadata={"identity": "sha256:" + "e" * 64})
-    assert a.digest == b.digest != c.digest
-    assert ActionResult({"out": "x"}).digest != ActionResult({"out": "y"}).digest
+    gz = Descriptor("sha256:" + "a" * 64, 10, "application/vnd.oci.image.layer.v1.tar+gzip",
+                    diff_id="sha256:" + "d" * 64)
+    variants = [
+        gz,
+        Descriptor(gz.digest, gz.size, "application/vnd.oci.image.layer.v1.tar+zstd", gz.diff_id),
+        Descriptor("sha256:" + "b" * 64, gz.size, gz.media_type, gz.diff_id),
+        Descriptor(gz.digest, 11, gz.media_type, gz.diff_id),
+        Descriptor(gz.digest, gz.size, gz.media_type, "sha256:" + "e" * 64),
+        Descriptor(gz.digest, gz.size, gz.media_type, gz.diff_id, platform="linux/amd64"),
+    ]
+    digests = {ActionResult.make({"layer": d}).digest for d in variants}
+    assert len(digests) == len(variants)
+    assert ActionResult.make({"layer": gz}, metadata={"n": 1}).digest != ActionResult.make({"layer": gz}).digest
+    # ...and nothing else: the log is not part of what a consumer reads
+    assert ActionResult.make({"layer": gz}, log="sha256:" + "f" * 64).digest == ActionResult.make({"layer": gz}).digest

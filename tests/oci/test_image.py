@@ -83,14 +83,22 @@ def test_bad_env_entry():
         with_config(EMPTY_IMAGE, env=["JUSTAKEY"])
 
 
-def test_source_date_epoch_sets_created(monkeypatch, cas):
+def test_epoch_sets_created_and_the_environment_does_not(monkeypatch, cas):
+    """Regression (issue 11, bug 1): writers never read SOURCE_DATE_EPOCH themselves (an
+    output would then depend on a value outside its key); they take the epoch explicitly."""
+    assert with_config(EMPTY_IMAGE, platform="amd64", epoch=86400).config["created"] == "1970-01-02T00:00:00Z"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
-    image = with_config(EMPTY_IMAGE, platform="amd64")
-    assert image.config["created"] == "1970-01-02T00:00:00Z"
-    assert with_config(EMPTY_IMAGE, platform="amd64", epoch=0).config["created"] == "1970-01-01T00:00:00Z"
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
-    with pytest.raises(Exception, match="SOURCE_DATE_EPOCH"):
-        with_config(EMPTY_IMAGE, platform="amd64")
+    assert with_config(EMPTY_IMAGE, platform="amd64").config["created"] == "1970-01-01T00:00:00Z"
+
+
+def test_bad_source_date_epoch_is_a_config_error():
+    from forge.core.workspace import source_date_epoch
+
+    assert source_date_epoch(None) == source_date_epoch("") == 0
+    assert source_date_epoch(" 86400 ") == 86400
+    for bad in ("yesterday", "-1", "1.5"):
+        with pytest.raises(Exception, match="SOURCE_DATE_EPOCH"):
+            source_date_epoch(bad)
 
 
 def test_index_sorted_and_stored(cas):

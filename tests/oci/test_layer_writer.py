@@ -90,10 +90,9 @@ def test_one_pass_digests_match_independent_hashes(tmp_path, cas, compression):
 
 
 def test_tar_is_normalized(tmp_path, cas, monkeypatch):
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567")
     tree = make_tree(tmp_path / "t", umask=0o077, mtime=99, reverse=True, script_mode=0o700)
     layer = write_layer(cas, entries_from_directory(tree, prefix="srv"), compression="none",
-                        owner="1000:1001")
+                        owner="1000:1001", epoch=1234567)
     raw = cas.path(layer.digest).read_bytes()
     members = list(tar_members(raw).values())
     names = [m.name for m in members]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 
@@ -35,23 +37,43 @@ def test_index_layout_round_trip(tmp_path, cas, fresh_cas):
     validate_image(fresh_cas, index.digest)
 
 
-def test_blobs_are_linked_and_never_rewritten(tmp_path, cas):
+def test_blobs_are_copies_never_rewritten_and_repaired_when_edited(tmp_path, cas):
+    """Regression (issue 11, bug 4): a layout never shares an inode with the CAS, so
+    flipping a byte in it cannot corrupt the store; an edited layout blob of the same size
+    is found (its stat data changed) and replaced; an untouched one is never rewritten."""
     image = build_image(cas)
     dest = write_layout(cas, image, tmp_path / "layout")
-    layer_path = dest / "blobs" / "sha256" / image.layers[0].digest.split(":")[1]
-    assert layer_path.stat().st_ino == cas.path(image.layers[0].digest).stat().st_ino
+    digest = image.layers[0].digest
+    layer_path = dest / "blobs" / "sha256" / digest.split(":")[1]
+    assert layer_path.stat().st_ino != cas.path(digest).stat().st_ino
     before = layer_path.stat()
     other = build_image(cas, extra=b"second")
     write_layout(cas, other, dest)
-    assert layer_path.stat().st_mtime_ns == before.st_mtime_ns
+    assert layer_path.stat().st_mtime_ns == before.st_mtime_ns  # same blob: left alone
     assert json.loads((dest / "index.json").read_text())["manifests"][0]["digest"] == other.digest
+
+    data = bytearray(layer_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layer_path.write_bytes(bytes(data))  # same size, other bytes
+    assert cas.verify(digest)  # the store is untouched
+    write_layout(cas, image, dest)
+    assert hashlib.sha256(layer_path.read_bytes()).hexdigest() == digest.split(":")[1]
+
+
+def test_old_hard_links_into_the_cas_are_replaced_by_copies(tmp_path, cas):
+    image = build_image(cas)
+    dest = tmp_path / "layout" / "blobs" / "sha256"
+    dest.mkdir(parents=True)
+    digest = image.layers[0].digest
+    os.link(cas.path(digest), dest / digest.split(":")[1])  # what forge-out held before
+    write_layout(cas, image, tmp_path / "layout")
+    assert (dest / digest.split(":")[1]).stat().st_ino != cas.path(digest).stat().st_ino
 
 
 def test_corrupt_layout_blob_is_not_stored(tmp_path, cas, fresh_cas):
     image = build_image(cas)
     dest = write_layout(cas, image, tmp_path / "layout")
     layer_path = dest / "blobs" / "sha256" / image.layers[0].digest.split(":")[1]
-    layer_path.unlink()  # break the hard link before corrupting the copy
     layer_path.write_bytes(b"not the layer")
     with pytest.raises(LayoutError, match="corrupt"):
         read_layout(fresh_cas, dest)

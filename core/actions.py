@@ -45,7 +45,10 @@ def _reject_float(text: str) -> Any:
 
 
 def _freeze_params(params: Mapping[str, Any]) -> str:
-    text = canonical_json(dict(params)).decode()
+    try:
+        text = canonical_json(dict(params)).decode()
+    except ValueError as exc:  # NaN / infinity: allow_nan=False refuses them first
+        raise TypeError(f"action parameter is a non-finite float ({exc}); use an int or a string") from None
     json.loads(text, parse_float=_reject_float)  # C-speed scan: only floats call back
     return text
 
@@ -264,7 +267,7 @@ def key_manifest(
         "platform": action.platform.key if action.platform else None,
         "inputs": [
             [i.relpath, i.executable, i.digest] + ([i.symlink] if i.symlink is not None else [])
-            for i in sorted(inputs, key=lambda i: i.relpath)
+            for i in sorted(inputs, key=lambda i: (i.relpath, i.executable, i.digest, i.symlink or ""))
         ],
         "deps": list(dep_results),
         "hermetic": action.hermetic,

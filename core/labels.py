@@ -33,13 +33,14 @@ class Label:
 
 
 def _check_package(pkg: str, text: str) -> str:
-    if pkg and (not _PKG_RE.match(pkg) or any(p in (".", "..") for p in pkg.split("/"))):
+    if pkg and (not _PKG_RE.fullmatch(pkg) or any(p in (".", "..") for p in pkg.split("/"))):
         raise LabelError(f"invalid package in label {text!r}: {pkg!r}")
     return pkg
 
 
 def _check_name(name: str, text: str) -> str:
-    if not name or not _NAME_RE.match(name) or ".." in name.split("/"):
+    # fullmatch: `$` would accept a trailing newline; a `...` segment would read as a pattern
+    if not name or not _NAME_RE.fullmatch(name) or {"..", "..."} & set(name.split("/")):
         raise LabelError(f"invalid target name in label {text!r}: {name!r}")
     return name
 

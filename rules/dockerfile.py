@@ -17,6 +17,7 @@ import forge
 from forge import attr
 from forge.core.errors import BuildFileError
 from forge.rules.common import image_platform, materialize_image
+from forge.rules.dockerfile_refs import check_image_references
 
 CHAIN_FILE = re.compile(r"^(\d+)-Dockerfile-(.+)$")
 _ARG_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
@@ -78,6 +79,16 @@ def declare_build(
     if base is not None:
         base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action
     files = ctx.files(dict.fromkeys(inputs))
+    # Every image the Dockerfile names must be BASE_IMAGE, a stage, scratch or pinned by
+    # digest: the Dockerfile text and build args are in the key, so a pinned digest is too,
+    # and nothing unpinned can reach the engine (which would ask Docker Hub).
+    display = f"{ctx.label.package}/{dockerfile}" if ctx.label.package else dockerfile
+    refs = check_image_references(
+        (ctx.package_dir / dockerfile).read_text(errors="replace"), display,
+        build_args=args, has_base=base_action is not None)
+    if target is not None and target.lower() not in refs.stages:
+        raise ctx.fail(f"target = {target!r} is not a stage of {display} "
+                       f"(stages: {', '.join(s for s in refs.stages if s) or 'none named'})")
     return ctx.action(
         "DockerBuild", build_dockerfile,
         inputs=files, deps=[base_action] if base_action else [], platform=platform,

@@ -31,7 +31,7 @@ from dockerfile_parse.parser import image_from
 import forge
 
 BASE_ARG = "BASE_IMAGE"
-_PINNED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]*@sha256:[0-9a-f]{64}")
+_PINNED = re.compile(r"[A-Za-z0-9][\w.:/-]*@sha256:[0-9a-f]{64}", re.ASCII)  # name[:tag]@digest
 _VAR = re.compile(r"\$(?:\{(\w+)([^}]*)\}|(\w+))")  # group 2: a ${VAR:-...} modifier
 
 
@@ -95,6 +95,7 @@ def check_image_references(
                         f"FROM {value}@sha256:…")
             stages.append(names[len(stages)])
         elif kind in ("COPY", "RUN"):
+            above = stages[:-1]  # its own stage's name is, to Docker, an image to pull
             for ref in _from_flags(kind, instr["value"]):
                 if "$" in ref:
                     raise forge.BuildFileError(
@@ -102,14 +103,14 @@ def check_image_references(
                         f"name the image in a stage, FROM {ref} AS name, and use --from=name")
                 flag = "--from=" if kind == "COPY" else "from="
                 if re.fullmatch(r"[0-9]+", ref):  # a stage index, never an image
-                    if int(ref) >= len(stages):
+                    if int(ref) >= len(above):
                         raise forge.BuildFileError(
                             f"{where}: {said}: {flag}{ref} is not an earlier stage "
-                            f"({len(stages)} above this line, numbered from 0)")
-                elif not _accept(ref, stages, pinned):
+                            f"({len(above)} above this one, numbered from 0)")
+                elif not _accept(ref, above, pinned):
                     raise forge.BuildFileError(
                         f"{where}: {said} names an image forge does not build or pin"
-                        f"{_notes(ref, *_stage_hint(ref, stages, names))}; pin it by digest, "
+                        f"{_notes(ref, *_stage_hint(ref, above, names))}; pin it by digest, "
                         f"{flag}{ref}@sha256:…, or oci_pull it, pass it in as base and copy "
                         f"from its stage: FROM ${{BASE_IMAGE}} AS name, then {flag}name")
     return DockerfileRefs(tuple(stages), tuple(sorted(pinned)), uses_base)
@@ -144,8 +145,8 @@ def _stage_hint(ref: str, stages: list[str], names: list[str]) -> list[str]:
     """Why a name is not a stage: not above this line (Docker would pull it), or a near miss."""
     ref, above = ref.lower(), [s for s in stages if s]
     if ref in names:
-        return [f"stage {ref!r} is not defined above this line, and Docker resolves only "
-                f"stages above, so it would pull an image named {ref!r}"]
+        return [f"stage {ref!r} is not defined above this stage, and Docker resolves only "
+                f"earlier stages, so it would pull an image named {ref!r}"]
     close = difflib.get_close_matches(ref, above, n=1)
     return ([f"stages above: {', '.join(above)}"] if above else []) + (
         [f"did you mean {close[0]!r}?"] if close else [])

@@ -19,15 +19,15 @@ def image_descriptors(value: Any) -> tuple[Any, list[Any]]:
     """(the manifest's descriptor, every blob's descriptor) of an Image or Index: the
     manifest with its platform, the config, each layer with its diff_id, and for an index
     every child manifest with its blobs."""
-    from forge.core.cas import Descriptor
     from forge.core.oci.image import Index
-    from forge.core.oci.media import to_oci
+
+    Descriptor = forge.Descriptor
 
     def of_image(image: Any) -> tuple[Any, list[Any]]:
         top = Descriptor(image.digest, image.size, image.media_type,
                          platform=str(image.platform) if image.platform else None)
         blobs = [top, Descriptor(image.config_digest, image.config_size, image.config_media_type)]
-        blobs += [Descriptor(layer.digest, layer.size, to_oci(layer.media_type), diff_id=layer.diff_id)
+        blobs += [Descriptor(layer.digest, layer.size, layer.media_type, diff_id=layer.diff_id)
                   for layer in image.layers]
         return top, blobs
 

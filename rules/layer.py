@@ -88,17 +88,14 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
 
 def layer_descriptor(layer):
     """A Layer as a result descriptor (digest, size, media type, diff_id)."""
-    from forge.core.cas import Descriptor
-
-    return Descriptor(layer.digest, layer.size, layer.media_type, diff_id=layer.diff_id)
+    return forge.Descriptor(layer.digest, layer.size, layer.media_type, diff_id=layer.diff_id)
 
 
 def materialize_layer(cas, result: forge.ActionResult, dest) -> None:
     """forge-out/<pkg>/<name>/layer.tar.gz (or .tar.zst / .tar, by compression)."""
-    from forge.core.oci.media import layer_compression
-
     desc = result.outputs["layer"]
-    suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(layer_compression(desc.media_type), ".tar")
+    kind = desc.media_type.rsplit("+", 1)[-1] if "+" in desc.media_type else desc.media_type.rsplit(".", 1)[-1]
+    suffix = {"gzip": ".tar.gz", "zstd": ".tar.zst"}.get(kind, ".tar")
     dest.mkdir(parents=True, exist_ok=True)
     for stale in {".tar.gz", ".tar.zst", ".tar"} - {suffix}:  # a compression change
         (dest / f"layer{stale}").unlink(missing_ok=True)

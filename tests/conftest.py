@@ -7,14 +7,27 @@ import pytest
 
 from tests.services import require_docker
 
+# Tags forge and its tests give images; only these are ever removed, and only when the
+# image appeared during the test (the engine may be shared with other users and builds).
+OWN_TAG_PREFIXES = ("forge-test/", "forge-base/")
+
+
+def created_images(client, before: set[str]) -> list:
+    """Images that appeared since ``before`` and carry a forge or forge-test tag."""
+    return [img for img in client.images.list()
+            if img.id not in before and any(t.startswith(OWN_TAG_PREFIXES) for t in img.tags)]
+
 
 @pytest.fixture
 def docker_client():
-    """The real engine; images a test creates are removed afterwards."""
+    """The real engine. Afterwards, images the test created (new, and tagged forge-test/
+    or forge-base/) are untagged and removed; nothing else is touched."""
     client = require_docker()
     before = {img.id for img in client.images.list(all=True)}
+    client.forge_images_before = before
     yield client
-    for img in client.images.list(all=True):
-        if img.id not in before:
-            with contextlib.suppress(Exception):  # best effort cleanup
-                client.images.remove(img.id, force=True)
+    for img in created_images(client, before):
+        for tag in img.tags:
+            if tag.startswith(OWN_TAG_PREFIXES):
+                with contextlib.suppress(Exception):  # best effort; never force
+                    client.images.remove(tag)

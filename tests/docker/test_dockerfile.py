@@ -8,6 +8,7 @@ import pytest
 from forge.core.cas import CAS
 from forge.core.oci.image import load_image
 from forge.core.oci.validate import validate_image
+from tests.conftest import created_images
 from tests.services import require_binfmt, testdata
 
 pytestmark = pytest.mark.integration
@@ -142,12 +143,13 @@ def test_pruned_engine_with_warm_cache_builds_nothing_and_loads(forge_workspace,
         "app/BUILD": 'dockerfile(name = "img", base = ":busybox-amd64", srcs = ["msg.txt"])\n',
     })
     ws.run("build", "//app:img").assert_success()
-    for img in docker_client.images.list():  # prune: forget everything forge made
+    ours = created_images(docker_client, docker_client.forge_images_before)
+    assert ours
+    for img in ours:  # prune what this test made (never anybody else's images)
         for tag in img.tags:
-            if tag.startswith(("forge-base/", "forge/")):
-                docker_client.images.remove(tag)
-    docker_client.images.prune(filters={"dangling": True})
-    assert not [t for i in docker_client.images.list() for t in i.tags if t.startswith("forge-base/")]
+            docker_client.images.remove(tag)
+    ids = {img.id for img in ours}
+    assert not [i for i in docker_client.images.list() if i.id in ids]
     out = ws.run("build", "//app:img", "--json", "--load", "--tag", "forge-test/warm:1").assert_success()
     assert out.executed() == []
     assert run_image(docker_client, "forge-test/warm:1") == "warm\n"

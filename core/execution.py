@@ -406,6 +406,11 @@ class Scheduler:
                 continue
             try:
                 backend.upload(key, result, self.cas)
+            except RemoteEntryInvalid as exc:
+                # The key holds another (complete) result, e.g. a non-reproducible action
+                # built twice: the cache stays consistent, so warn once and go on.
+                self._warn_once(f"{backend.describe()}#{key}",
+                                f"remote cache {backend.describe()}: {action}: {exc}")
             except Exception as exc:  # noqa: BLE001
                 self._degrade(backend, exc)
 

@@ -330,6 +330,11 @@ def cache_push(ctx, patterns, remote_cache, platform, jobs) -> None:
     click.echo(f"{s.actions} action results ({s.built} built now): {s.stats.results} pushed to "
                f"{s.remote}, {s.stats.present} already there; {s.stats.blobs} blobs "
                f"({human_size(s.stats.bytes)}) uploaded")
+    if s.stats.conflicts:
+        click.echo(f"{s.stats.conflicts} key(s) already held another result in the remote: kept "
+                   "(first writer wins; the action may not be reproducible)")
+    if s.stats.repaired:
+        click.echo(f"{s.stats.repaired} broken remote entr{'y' if s.stats.repaired == 1 else 'ies'} replaced")
 
 
 @main.command()

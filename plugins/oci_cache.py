@@ -1,32 +1,44 @@
 """The remote cache in any OCI registry: one artifact per action result, tagged with its key.
 
-Format (version 1; README "Remote cache format" is the reference for other tools). In the
+Format (version 2; README "Remote cache format" is the reference for other tools). In the
 cache repository ``host/repo``, the result of the action with key ``K`` (64 hex chars of
 blake3) is an OCI image manifest tagged ``K``:
 
-- ``artifactType`` and ``config.mediaType`` are ``application/vnd.forge.action-result.v1+json``;
-  the config blob is the *record*: canonical JSON (sorted keys, no whitespace) of
-  ``{"format": 1, "key": K, "result": ActionResult.to_json()}``;
-- ``layers`` are every blob the result needs (``ActionResult.all_blobs()``, sorted) and then
-  its log, each with its own sha256 digest, size and media type: an image layer keeps its
-  layer type, a manifest or index its own type, a config its config type, other output
-  blobs a sniffed type (``application/octet-stream`` when nothing better is known), the
-  log ``text/plain``. So an image layer in the cache is the same registry blob as in an
-  ordinary push of that image, stored once;
-- named outputs carry the annotation ``org.opencontainers.image.title`` (``oras pull``
-  writes them under those names), the manifest ``dev.forge.action-key`` and
-  ``dev.forge.format``.
+- ``artifactType`` and ``config.mediaType`` are ``application/vnd.forge.action-result.v2+json``
+  (the version is in the type, so a reader of another version sees a foreign artifact: a
+  miss, never a misread record); the config blob is the *record*: canonical JSON (sorted
+  keys, no whitespace) of ``{"format": 2, "key": K, "result": ActionResult.to_json()}``;
+- ``layers`` are the result's blob descriptors (``ActionResult.blobs``: unique, sorted by
+  digest, outputs included) with the media types the rule gave them, then the log as
+  ``text/plain``. Nothing is sniffed: an image layer keeps its layer type, a manifest or
+  index its own type, an image config its config type, a report ``application/json``. So
+  an image layer in the cache is the same registry blob as in an ordinary push of that
+  image, stored once;
+- named outputs carry ``org.opencontainers.image.title`` (``oras pull`` writes them under
+  those names), the manifest ``dev.forge.action-key`` and ``dev.forge.format``.
 
-The manifest is pushed last, after every blob, so a tag that exists names a complete
-result; the same key and result always give the same bytes, and the first writer of a
-key wins (a tag that exists is never rewritten). A registry that refuses ``artifactType``
-gets the same manifest without it.
+Writing: blobs first (those the repository lacks), the record, then the manifest, so a tag
+that exists names a complete result. The first writer of a key wins: the tag is HEADed,
+then PUT with ``If-None-Match: *`` (a registry that honours it answers 412 when another
+writer got there first; the CNCF distribution registry 2.8 ignores the header), then read
+back. Equal results give equal bytes, so a race between them is harmless; a race between
+different results (a non-reproducible action) leaves one complete result under the tag and
+the writer whose manifest was replaced raises ``KeyConflict``. A tag that holds a valid
+result is never rewritten; one that holds an invalid forge entry (malformed, record of
+another key, a blob missing) is replaced. The push without ``artifactType`` happens only
+when the registry refuses the manifest as invalid (400 ``MANIFEST_INVALID``/``UNSUPPORTED``);
+a 5xx, a timeout or a refusal of access is raised.
 
-Reading pulls the manifest by tag (404: a miss), verifies the record against its digest,
-then fetches every blob through ``CAS.writer(expected=…)`` in parallel; the result is
-returned (and recorded by the scheduler) only when every blob is in the CAS and verified.
-Any failure is an exception: the scheduler warns once and builds locally (or fails the
-build under ``--remote-cache-required``). Read-only mode sends no write request at all.
+Reading pulls the manifest by tag (404: a miss; a manifest of another tool or version: a
+miss), verifies the record against its digest, checks every blob descriptor of the record
+is a layer of the manifest, then fetches the blobs through ``CAS.writer(expected=…)``; the
+result is returned (and recorded by the scheduler) only when every blob is in the CAS and
+verified. Failures are scoped: what is wrong with this one entry (malformed manifest or
+record, another key's record, a blob that does not verify or that the registry says it does
+not have) raises ``RemoteEntryInvalid`` — a miss with a warning, the backend stays in use;
+anything else (connection refused, timeouts after the client's retries, 5xx, 401/403) is a
+RegistryError/RemoteCacheError, and the scheduler stops using the backend for the build.
+Read-only mode sends no write request at all.
 """
 
 from __future__ import annotations
@@ -35,14 +47,22 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import forge
 from forge.core.actions import ActionResult, canonical_json
-from forge.core.errors import ConfigError, RegistryError, RemoteCacheError, UsageError
+from forge.core.cas import Descriptor, sha256_digest
+from forge.core.errors import (
+    CacheError,
+    ConfigError,
+    RegistryError,
+    RemoteCacheError,
+    RemoteEntryInvalid,
+    UsageError,
+)
 from forge.core.oci import media
 
 if TYPE_CHECKING:
@@ -51,32 +71,45 @@ if TYPE_CHECKING:
     from forge.core.session import Session
     from forge.core.workspace import Workspace
 
-FORMAT_VERSION = 1
-RESULT_MEDIA_TYPE = "application/vnd.forge.action-result.v1+json"
+FORMAT_VERSION = 2
+RESULT_MEDIA_TYPE = "application/vnd.forge.action-result.v2+json"
 LOG_MEDIA_TYPE = "text/plain"
-OCTET_STREAM = "application/octet-stream"
 KEY_ANNOTATION = "dev.forge.action-key"
 FORMAT_ANNOTATION = "dev.forge.format"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 TRANSFER_THREADS = 4  # blobs of one result moved at once
 MAX_REQUESTS = 8  # registry requests in flight per backend (the client's connection pool)
 MAX_RECORD = 16 << 20  # a result record larger than this is not one forge wrote
-SNIFF_JSON_LIMIT = 4 << 20  # JSON blobs up to this size are read to learn their media type
+# Error codes with which a registry refuses a manifest it cannot parse or validate: the
+# answer of a pre-OCI-1.1 registry to ``artifactType``, and the only one that earns the
+# push without it.
+FIELD_REFUSAL_CODES = frozenset({"MANIFEST_INVALID", "UNSUPPORTED"})
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+class KeyConflict(RemoteEntryInvalid):
+    """Another writer stored a different result under the same key while this one wrote
+    it (a registry without conditional PUTs lets the later write win): the key's action is
+    not reproducible. The tag names one complete result either way."""
 
 
 @dataclass
 class PushStats:
-    """What uploading results sent: new tags, tags already there, blob bytes sent."""
+    """What uploading results did: new tags, tags already there (``conflicts`` of them
+    holding a different, valid result, kept), invalid entries replaced, blob bytes sent."""
 
     results: int = 0
     present: int = 0
+    conflicts: int = 0
+    repaired: int = 0
     blobs: int = 0
     bytes: int = 0
 
     def add(self, other: PushStats) -> None:
         self.results += other.results
         self.present += other.present
+        self.conflicts += other.conflicts
+        self.repaired += other.repaired
         self.blobs += other.blobs
         self.bytes += other.bytes
 
@@ -89,6 +122,14 @@ class CacheSettings:
     read: bool = True
     write: bool = False
     insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cache entry whose manifest and record were read and checked (blobs not yet)."""
+
+    result: ActionResult
+    blobs: tuple[tuple[str, int], ...]  # (digest, size) of every blob to fetch, log last
 
 
 def settings_for(workspace: Workspace, options: dict[str, Any]) -> CacheSettings | None:
@@ -165,8 +206,6 @@ class OciCache:
 
     def ping(self) -> str:
         """Check the registry answers and lets us in (``forge doctor``)."""
-        from forge.core.cas import sha256_digest
-
         with self._request():  # GET /v2/ (reachable? credentials?) then a HEAD in the repository
             self.client.has_blob(self.repo, sha256_digest(b"{}"))
         mode = "read-write" if self.writable else ("read-only" if self.readable else "write-only")
@@ -174,45 +213,105 @@ class OciCache:
 
     # -- reading ------------------------------------------------------------------------
     def lookup(self, key: str, cas: CAS) -> ActionResult | None:
-        """The result stored under ``key`` with all its blobs in ``cas``, or None (a miss)."""
+        """The result stored under ``key`` with all its blobs in ``cas``, or None (a miss).
+
+        RemoteEntryInvalid when this entry is corrupt or unverifiable; any other error means
+        the registry failed. Blobs verified into ``cas`` before a failure stay (the CAS only
+        holds verified content); the result is returned only when all of them are there.
+        """
         if not self.readable:
             return None
         check_key(key)
-        data = self._manifest(key)
-        if data is None:
+        entry = self.entry(key)
+        if entry is None:
             return None
-        where = f"{self.describe()}:{key}"
+        where = self._where(key)
+        todo = [(d, n) for d, n in entry.blobs if not cas.has(d)]
+        self._transfer(lambda blob: self._pull_blob(cas, blob[0], blob[1], where), todo)
+        missing = [d for d, _ in entry.blobs if not cas.has(d)]
+        if missing:  # every pull raised or stored; this is a belt to those braces
+            raise RemoteEntryInvalid(f"{where}: blob(s) {', '.join(missing)} did not arrive")
+        return entry.result
+
+    def entry(self, key: str) -> Entry | None:
+        """Read and check the manifest and record under ``key``: None when there is no tag
+        or it holds another tool's (or forge version's) artifact, RemoteEntryInvalid when it
+        is a forge entry that does not hold together."""
+        where = self._where(key)
+        got = self._manifest(key)
+        if got is None:
+            return None
+        data, served = got
+        if served and served != sha256_digest(data):
+            raise RemoteEntryInvalid(f"{where}: the registry served a manifest hashing to "
+                                     f"{sha256_digest(data)} under the digest {served}")
         try:
             manifest = json.loads(data)
-            config = manifest["config"]
-            if config.get("mediaType") != RESULT_MEDIA_TYPE:
-                return None  # another format (or version) under this tag: not ours to read
-            record_digest, record_size = config["digest"], int(config["size"])
-            layers = {d["digest"]: int(d["size"]) for d in manifest.get("layers") or []}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RemoteCacheError(f"{where} is not a forge cache entry: {exc!r}") from None
-        if not 0 < record_size <= MAX_RECORD:
-            raise RemoteCacheError(f"{where}: record size {record_size} is out of range")
-        with self._request():
-            record = self.client.read_blob(self.repo, record_digest)  # verified
-        result = parse_record(record, key, where)
-        needed = result.all_blobs() + ([result.log] if result.log else [])
-        for digest in needed:
-            if digest not in layers:
-                raise RemoteCacheError(f"{where}: blob {digest} of the result is not in the manifest")
-            expected = result.sizes.get(digest)
-            if expected is not None and expected != layers[digest]:
-                raise RemoteCacheError(f"{where}: blob {digest} is {layers[digest]} bytes in the "
-                                       f"manifest but {expected} in the record")
-        self._transfer(self._pull_blob, cas, [d for d in needed if not cas.has(d)])
-        missing = [d for d in needed if not cas.has(d)]
-        if missing:  # every pull raised or stored; this is a belt to those braces
-            raise RemoteCacheError(f"{where}: blob(s) {', '.join(missing)} did not arrive")
-        return result
+            config_type = manifest["config"]["mediaType"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteEntryInvalid(f"{where}: the manifest is not an OCI image manifest "
+                                     f"({type(exc).__name__}: {exc})") from None
+        if config_type != RESULT_MEDIA_TYPE:
+            return None  # another tool's artifact or another format version: not ours to read
+        try:
+            record = Descriptor.from_json(manifest["config"])
+            layers = {}
+            for desc in manifest.get("layers") or []:
+                layer = Descriptor.from_json(desc)
+                layers[layer.digest] = layer
+            annotated = (manifest.get("annotations") or {}).get(KEY_ANNOTATION)
+        except (CacheError, KeyError, TypeError, AttributeError) as exc:
+            raise RemoteEntryInvalid(f"{where}: malformed forge cache manifest "
+                                     f"({type(exc).__name__}: {exc})") from None
+        if annotated not in (None, key):
+            raise RemoteEntryInvalid(f"{where}: the manifest is annotated with key {annotated!r}")
+        if not 0 < record.size <= MAX_RECORD:
+            raise RemoteEntryInvalid(f"{where}: record size {record.size} is out of range")
+        result = parse_record(self._read_record(record.digest, where), key, where)
+        blobs = []
+        for d in result.blobs:
+            layer = layers.get(d.digest)
+            if layer is None:
+                raise RemoteEntryInvalid(f"{where}: blob {d.digest} of the result is not a layer "
+                                         "of the manifest")
+            if (layer.size, layer.media_type) != (d.size, d.media_type):
+                raise RemoteEntryInvalid(
+                    f"{where}: blob {d.digest} is {layer.size} bytes of {layer.media_type} in the "
+                    f"manifest but {d.size} bytes of {d.media_type} in the record")
+            blobs.append((d.digest, d.size))
+        if result.log and result.log not in layers:
+            raise RemoteEntryInvalid(f"{where}: the log {result.log} is not a layer of the manifest")
+        if result.log and result.log not in result.sizes:
+            blobs.append((result.log, layers[result.log].size))
+        return Entry(result, tuple(blobs))
 
-    def _pull_blob(self, cas: CAS, digest: str) -> int:
-        with self._request():
-            self.client.pull_blob(cas, self.repo, digest)  # streamed through CAS.writer(expected=)
+    def _read_record(self, digest: str, where: str) -> bytes:
+        from forge.core.oci.registry import ContentMismatch, RegistryHTTPError
+
+        try:
+            with self._request():
+                return self.client.read_blob(self.repo, digest)  # verified
+        except ContentMismatch as exc:
+            raise RemoteEntryInvalid(f"{where}: the record does not verify: {exc}") from None
+        except RegistryHTTPError as exc:
+            if exc.status == 404:
+                raise RemoteEntryInvalid(f"{where}: the record {digest} is listed in the manifest "
+                                         f"but the registry does not have it ({exc})") from None
+            raise
+
+    def _pull_blob(self, cas: CAS, digest: str, size: int, where: str) -> int:
+        from forge.core.oci.registry import ContentMismatch, RegistryHTTPError
+
+        try:
+            with self._request():  # streamed through CAS.writer(expected=)
+                self.client.pull_blob(cas, self.repo, digest, size)
+        except ContentMismatch as exc:
+            raise RemoteEntryInvalid(f"{where}: blob {digest} does not verify: {exc}") from None
+        except RegistryHTTPError as exc:
+            if exc.status == 404:
+                raise RemoteEntryInvalid(f"{where}: blob {digest} is listed in the manifest but the "
+                                         f"registry does not have it ({exc})") from None
+            raise
         with self._lock:
             self._present.add(digest)
         return 0
@@ -223,29 +322,80 @@ class OciCache:
         self.push(key, result, cas)
 
     def push(self, key: str, result: ActionResult, cas: CAS) -> PushStats:
-        """Upload the blobs the repository lacks, the record, then the tagged manifest."""
+        """Upload the blobs the repository lacks, the record, then the tagged manifest.
+
+        A tag with this very result gets back any blob the registry lost; a tag with a
+        different valid result is kept (first writer wins, counted in ``conflicts``); a tag
+        with an invalid forge entry is replaced (``repaired``). KeyConflict when a
+        concurrent writer replaced this manifest between our PUT and the read-back.
+        """
         if not self.writable:
             raise RemoteCacheError(f"remote cache {self.describe()} is read-only; nothing uploaded")
         check_key(key)
-        if self._manifest_exists(key):
-            return PushStats(present=1)  # first writer wins: the tag is never rewritten
-        record = cas.put_bytes(record_bytes(key, result))
-        blobs = result.all_blobs() + ([result.log] if result.log else [])
-        sent = self._transfer(self._push_blob, cas, [*blobs, record.digest])
-        manifest = manifest_bytes(key, result, cas, record.digest, record.size)
-        from forge.core.oci.registry import RegistryAuthError
+        where = self._where(key)
+        record = cas.put_bytes(record_bytes(key, result)).typed(RESULT_MEDIA_TYPE)
+        log = Descriptor(result.log, cas.size(result.log), LOG_MEDIA_TYPE) if result.log else None
+        manifest = manifest_bytes(key, result, record, log)
+        plain = manifest_bytes(key, result, record, log, artifact_type=False)
+        ours = {sha256_digest(manifest), sha256_digest(plain)}
+        existing = self._tag_digest(key)
+        replacing = None
+        if existing is not None and existing not in ours:
+            if self._fault(key) is None:
+                return PushStats(present=1, conflicts=1)  # a valid result is never rewritten
+            replacing = existing
+        digests = [*result.all_blobs(), *([log.digest] if log else []), record.digest]
+        sent = self._transfer(lambda d: self._push_blob(cas, d), list(dict.fromkeys(digests)))
+        stats = PushStats(blobs=sum(1 for n in sent if n), bytes=sum(sent))
+        if existing in ours:
+            stats.present = 1
+            return stats
+        if not self._put_manifest(key, manifest, plain, replacing):  # 412: someone was first
+            now = self._tag_digest(key)
+            if now is None:
+                raise RemoteCacheError(f"{where}: the registry refused the conditional manifest "
+                                       "PUT (412) but has no manifest under the tag")
+            stats.present, stats.conflicts = 1, int(now not in ours)
+            return stats
+        now = self._tag_digest(key)
+        if now is not None and now not in ours:
+            raise KeyConflict(
+                f"{where}: another writer stored a different result under this key at the same "
+                f"time (the tag names {now}, this build's manifest is {sha256_digest(manifest)}); "
+                "the registry does not honour conditional PUTs, so the later write won and the "
+                "action is not reproducible")
+        stats.results, stats.repaired = 1, int(replacing is not None)
+        return stats
 
+    def _put_manifest(self, key: str, manifest: bytes, plain: bytes, replacing: str | None) -> bool:
+        """PUT the manifest under ``key``, conditional on what we saw there; False on 412."""
+        from forge.core.oci.registry import RegistryHTTPError
+
+        condition = {"If-Match": f'"{replacing}"'} if replacing else {"If-None-Match": "*"}
+        for data in (manifest, plain):
+            try:
+                with self._request():
+                    self.client.push_manifest(self.repo, key, data, media.OCI_MANIFEST, condition)
+                return True
+            except RegistryHTTPError as exc:
+                if exc.status == 412:
+                    return False
+                if data is plain or not refuses_field(exc):
+                    raise  # a 5xx, a timeout, auth, a missing blob: never a reason to drop a field
+        raise AssertionError("unreachable")
+
+    def _fault(self, key: str) -> str | None:
+        """What is wrong with the forge entry under ``key``, or None when it is a valid
+        result whose blobs the registry has (or is not a forge entry of this format)."""
         try:
+            entry = self.entry(key)
+        except RemoteEntryInvalid as exc:
+            return str(exc)
+        for digest, _ in entry.blobs if entry else ():
             with self._request():
-                self.client.push_manifest(self.repo, key, manifest, media.OCI_MANIFEST)
-        except RegistryAuthError:
-            raise
-        except RegistryError:
-            # A registry from before OCI 1.1 may refuse the artifactType field.
-            plain = manifest_bytes(key, result, cas, record.digest, record.size, artifact_type=False)
-            with self._request():
-                self.client.push_manifest(self.repo, key, plain, media.OCI_MANIFEST)
-        return PushStats(results=1, blobs=sum(1 for n in sent if n), bytes=sum(sent))
+                if not self.client.has_blob(self.repo, digest):
+                    return f"{self._where(key)}: blob {digest} is missing from the registry"
+        return None
 
     def _push_blob(self, cas: CAS, digest: str) -> int:
         """Upload one blob unless the repository has it; the bytes sent (0 if none)."""
@@ -263,6 +413,9 @@ class OciCache:
         return cas.size(digest) if sent else 0
 
     # -- plumbing -----------------------------------------------------------------------
+    def _where(self, key: str) -> str:
+        return f"{self.describe()}:{key}"
+
     @contextlib.contextmanager
     def _request(self) -> Iterator[None]:
         """Bound the requests in flight to the client's connection pool (-j workers each
@@ -270,17 +423,29 @@ class OciCache:
         with self._slots:
             yield
 
-    def _transfer(self, move: Any, cas: CAS, digests: list[str]) -> list[int]:
-        if len(digests) <= 1:
-            return [move(cas, d) for d in digests]
-        with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(digests)),
+    def _transfer(self, move: Callable[[Any], int], items: Sequence[Any]) -> list[int]:
+        """``move`` each item, TRANSFER_THREADS at once. The first failure keeps the rest
+        from starting; a registry failure is raised before an entry's fault (it is the one
+        that decides whether the backend stays in use)."""
+        if len(items) <= 1:
+            return [move(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items)),
                                 thread_name_prefix="forge-remote") as pool:
-            return list(pool.map(lambda d: move(cas, d), digests))
+            futures = [pool.submit(move, item) for item in items]
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, RemoteEntryInvalid)), errors[0])
+        return [f.result() for f in futures]
 
-    # RegistryClient.get_manifest reports "no such tag" as a RegistryError like any other
-    # failure; a cache miss must be told apart from a broken registry, so these two ask
-    # through the client's request plumbing (auth, retries, timeouts) and read the status.
-    def _manifest(self, tag: str) -> bytes | None:
+    # RegistryClient.get_manifest reports "no such tag" as a RegistryError and re-reads the
+    # body its own way; a cache miss must be told apart from a broken registry and a
+    # malformed entry, so these two ask through the client's request plumbing (auth,
+    # retries, timeouts) and read the status themselves.
+    def _manifest(self, tag: str) -> tuple[bytes, str] | None:
+        """(bytes, the digest the registry says they have) of the manifest, None on 404."""
         client = self.client
         what = f"manifest {self.describe()}:{tag}"
         with self._request():
@@ -290,19 +455,24 @@ class OciCache:
             return None
         if response.status_code != 200:
             raise client._fail(what, response)
-        return response.content
+        return response.content, response.headers.get("Docker-Content-Digest", "")
 
-    def _manifest_exists(self, tag: str) -> bool:
+    def _tag_digest(self, tag: str) -> str | None:
+        """The digest of the manifest the tag names now, None when there is none."""
         client = self.client
         what = f"manifest {self.describe()}:{tag}"
         with self._request():
             response = client._request(what, client._api(self.repo, "manifests", tag), "HEAD",
                                        headers={"Accept": media.OCI_MANIFEST})
         if response.status_code == 404:
-            return False
+            return None
         if response.status_code != 200:
             raise client._fail(what, response)
-        return True
+        served = response.headers.get("Docker-Content-Digest")
+        if served:
+            return served
+        got = self._manifest(tag)
+        return sha256_digest(got[0]) if got else None
 
 
 # -- the format -------------------------------------------------------------------------
@@ -313,12 +483,22 @@ def check_key(key: str) -> None:
         raise RemoteCacheError(f"action key {key!r} is not a valid OCI tag")
 
 
+def refuses_field(exc: Any) -> bool:
+    """Whether a failed manifest PUT is a registry refusing the manifest's content (400
+    with MANIFEST_INVALID/UNSUPPORTED, or no error code at all): the only answer for which
+    the push is repeated without ``artifactType``."""
+    codes = set(getattr(exc, "codes", ()))
+    return getattr(exc, "status", 0) == 400 and codes <= FIELD_REFUSAL_CODES
+
+
 def record_bytes(key: str, result: ActionResult) -> bytes:
     """The config blob: what other tools read to learn the result."""
     return canonical_json({"format": FORMAT_VERSION, "key": key, "result": result.to_json()})
 
 
 def parse_record(data: bytes, key: str, where: str) -> ActionResult:
+    """The result in a record, which must be of this format and of ``key``; anything else
+    is RemoteEntryInvalid."""
     try:
         record = json.loads(data)
         if record.get("format") != FORMAT_VERSION:
@@ -326,87 +506,38 @@ def parse_record(data: bytes, key: str, where: str) -> ActionResult:
         if record.get("key") != key:
             raise ValueError(f"it is the record of key {record.get('key')!r}")
         return ActionResult.from_json(record["result"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RemoteCacheError(f"{where}: bad result record: {exc}") from None
+    except (CacheError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteEntryInvalid(f"{where}: bad result record: {exc}") from None
 
 
-def manifest_bytes(key: str, result: ActionResult, cas: CAS, record_digest: str, record_size: int,
+def manifest_bytes(key: str, result: ActionResult, record: Descriptor, log: Descriptor | None = None,
                    *, artifact_type: bool = True) -> bytes:
-    """The tagged manifest: same key + result -> same bytes, on any machine."""
-    types = media_types(result, cas)
+    """The tagged manifest: same key + result -> same bytes, on any machine. ``record`` is
+    the config blob's descriptor, ``log`` the log's (its digest is ``result.log``)."""
+    if (log.digest if log else None) != result.log:
+        raise ValueError(f"log descriptor {log} is not the result's log {result.log}")
     titles: dict[str, str] = {}
-    for name, digest in sorted(result.outputs.items()):
-        titles.setdefault(digest, name)
+    for name, d in sorted(result.outputs.items()):
+        titles.setdefault(d.digest, name)
     layers = []
-    for digest in result.all_blobs():
-        desc: dict[str, Any] = {"mediaType": types[digest], "digest": digest, "size": cas.size(digest)}
-        if digest in titles:
-            desc["annotations"] = {TITLE_ANNOTATION: titles[digest]}
+    for d in result.blobs:
+        desc: dict[str, Any] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
+        if d.digest in titles:
+            desc["annotations"] = {TITLE_ANNOTATION: titles[d.digest]}
         layers.append(desc)
-    if result.log and result.log not in types:
-        layers.append({"mediaType": LOG_MEDIA_TYPE, "digest": result.log, "size": cas.size(result.log),
+    if log is not None and log.digest not in result.sizes:
+        layers.append({"mediaType": LOG_MEDIA_TYPE, "digest": log.digest, "size": log.size,
                        "annotations": {TITLE_ANNOTATION: "log"}})
     doc: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": media.OCI_MANIFEST,
-        "config": {"mediaType": RESULT_MEDIA_TYPE, "digest": record_digest, "size": record_size},
+        "config": {"mediaType": RESULT_MEDIA_TYPE, "digest": record.digest, "size": record.size},
         "layers": layers,
         "annotations": {KEY_ANNOTATION: key, FORMAT_ANNOTATION: str(FORMAT_VERSION)},
     }
     if artifact_type:
         doc["artifactType"] = RESULT_MEDIA_TYPE
     return canonical_json(doc)
-
-
-def media_types(result: ActionResult, cas: CAS) -> dict[str, str]:
-    """Each blob's media type: what a manifest or index of the result says it is, else
-    what its own bytes say (a manifest's ``mediaType``, gzip/zstd/tar magic)."""
-    own: dict[str, str] = {}
-    declared: dict[str, str] = {}
-    for digest in result.all_blobs():
-        head = _head(cas, digest)
-        kind = _sniff(head)
-        if kind == "json" and cas.size(digest) <= SNIFF_JSON_LIMIT:
-            try:
-                doc = json.loads(cas.read_bytes(digest))
-            except ValueError:
-                doc = None
-            mtype = doc.get("mediaType") if isinstance(doc, dict) else None
-            if doc is None:
-                own[digest] = OCTET_STREAM  # starts like JSON, is not
-            elif mtype in media.MANIFEST_TYPES:
-                own[digest] = mtype
-                for desc in [doc.get("config") or {}, *(doc.get("layers") or [])]:
-                    if isinstance(desc, dict) and desc.get("digest") and desc.get("mediaType"):
-                        declared[desc["digest"]] = desc["mediaType"]
-            elif mtype in media.INDEX_TYPES:
-                own[digest] = mtype
-                for desc in doc.get("manifests") or []:
-                    if isinstance(desc, dict) and desc.get("digest") and desc.get("mediaType"):
-                        declared[desc["digest"]] = desc["mediaType"]
-            else:
-                own[digest] = "application/json"
-        else:
-            own[digest] = {"gzip": media.OCI_LAYER_GZIP, "zstd": media.OCI_LAYER_ZSTD,
-                           "tar": media.OCI_LAYER}.get(kind, OCTET_STREAM)
-    return {d: declared.get(d) or own[d] for d in result.all_blobs()}
-
-
-def _head(cas: CAS, digest: str) -> bytes:
-    with cas.open(digest) as fh:
-        return fh.read(512)
-
-
-def _sniff(head: bytes) -> str:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head[257:262] == b"ustar":
-        return "tar"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    return "bytes"
 
 
 # -- forge cache push ---------------------------------------------------------------------

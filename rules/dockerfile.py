@@ -73,8 +73,10 @@ def declare_build(
     args = dict(build_args)
     inputs = [dockerfile, *context]
     if args_file:
+        # Parsed here, so its values are params (in the key, and what the engine gets); the
+        # file's bytes are not an input: a comment or blank line in it re-runs nothing.
+        ctx.files([args_file])  # it must exist
         args.update(parse_args_file(ctx.package_dir / args_file, f"{ctx.label.package}/{args_file}"))
-        inputs.append(args_file)
     base_action = None
     if base is not None:
         base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action

@@ -45,6 +45,8 @@ class Layer(forge.Rule):
     attrs = ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
+        from forge.core.oci.compression import check as effective_level
+
         a = ctx.attr
         for path, mode in a.mode_map.items():
             try:
@@ -54,14 +56,21 @@ class Layer(forge.Rule):
         uid, _, gid = a.owner.partition(":")
         if not (uid.isdigit() and gid.isdigit()):
             raise ctx.fail(f"owner = {a.owner!r} should be numeric 'uid:gid'")
-        files = ctx.files(a.srcs)
+        # Sorted: the writer sorts entries anyway, so the order srcs are listed in is not
+        # an input (reordering them must not re-run the layer).
+        try:
+            level = effective_level(a.compression, a.level)
+        except ValueError as exc:
+            raise ctx.fail(f"level = {a.level}: {exc}") from None
+        files = ctx.files(sorted(a.srcs))
         action = ctx.action(
             "Layer", write_layer_action, version=2, inputs=files, timestamps=True,
             # Where each file lands is a parameter, so moving prefix re-keys the layer.
             params={
                 "entries": [[f.relpath, _image_path(f.relpath, a.prefix, a.strip_prefix)] for f in files],
                 "mode_map": a.mode_map, "owner": a.owner,
-                "compression": a.compression, "level": a.level,
+                # An explicit default level is the same output as none: key them alike.
+                "compression": a.compression, "level": level,
             },
             description=f"{len(files)} files", materialize=materialize_layer,
         )

@@ -12,7 +12,7 @@ that chain.
 The report (``report.json`` beside ``layer.tar.gz`` under forge-out; format
 ``forge.minimize.report/v1``, sorted keys) holds:
 
-* ``image``, ``platform``, ``production_base`` (manifest digests), ``ld_library_path``
+* ``platform``, ``ld_library_path``
   (from the image's Env), ``request`` (the attributes), ``layer`` (digest, diff_id, size)
   and ``totals`` (files, symlinks, dirs, bytes, libraries kept / left to the base /
   excluded, missing);
@@ -655,9 +655,13 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
                 raise MinimizeError(missing_message(what, h.missing))
             rc.warn(missing_message(what, h.missing).split("\n  add them")[0])
         layer = write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=rc.epoch)
+    # The report describes the harvest, not which image digest it came from (the log says
+    # that): it is part of the result's identity, so naming the build image would re-key
+    # every dependent whenever anything in the image changed, harvested or not.
+    rc.log(f"harvested {image.digest} ({rc.action.deps[0].label})" +
+           (f" for production base {base.digest}" if base is not None else ""))
     report = h.report(
-        image=image.digest, platform=str(image.platform or ""),
-        production_base=base.digest if base is not None else None,
+        platform=str(image.platform or ""),
         ld_library_path=request.ld_library_path,
         request={k: p[k] for k in ("paths", "additional_files", "additional_lib_locations",
                                    "exclude", "missing")},

@@ -58,12 +58,28 @@ ACCEPT = (media.OCI_MANIFEST, media.OCI_INDEX, media.DOCKER_MANIFEST, media.DOCK
 _DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
-class RegistryAuthError(RegistryError):
+class RegistryHTTPError(RegistryError):
+    """A registry answered with an HTTP error: ``status`` and the distribution spec's error
+    ``codes`` (``MANIFEST_INVALID``, ``BLOB_UNKNOWN`` …) say which, so a caller can tell a
+    refusal of one request from a broken registry. ``status`` is 0 when no answer came."""
+
+    def __init__(self, message: str, status: int = 0, codes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+
+
+class RegistryAuthError(RegistryHTTPError):
     """A registry wants credentials forge does not have, or refused the ones it has."""
 
 
-class ManifestUnknown(RegistryError):
+class ManifestUnknown(RegistryHTTPError):
     """The repository has no manifest under that tag or digest (a typo, or a cache miss)."""
+
+
+class ContentMismatch(RegistryError):
+    """The registry served content that does not hash to the digest it was asked for (or
+    is longer than its descriptor says); nothing of it was stored."""
 
 
 class UnpinnedReference(RegistryError):
@@ -293,10 +309,11 @@ class RegistryClient:
             raise RegistryAuthError(f"{what}: registry {self.host} refused access ({e})") from None
         return response
 
-    def _fail(self, what: str, response: requests.Response) -> RegistryError:
+    def _fail(self, what: str, response: requests.Response) -> RegistryHTTPError:
         detail = _registry_errors(response)
-        cls = RegistryAuthError if response.status_code in (401, 403) else RegistryError
-        return cls(f"{what}: registry {self.host} answered HTTP {response.status_code}{detail}")
+        cls = RegistryAuthError if response.status_code in (401, 403) else RegistryHTTPError
+        return cls(f"{what}: registry {self.host} answered HTTP {response.status_code}{detail}",
+                   response.status_code, _error_codes(response))
 
     def _api(self, repo: str, kind: str, ref: str) -> str:
         return f"{self.scheme}://{self.api_host}/v2/{repo}/{kind}/{ref}"
@@ -343,8 +360,9 @@ class RegistryClient:
             raise self._fail(what, response)
         return True
 
-    def pull_blob(self, cas: CAS, repo: str, digest: str) -> None:
-        """Fetch a blob into the CAS, verified while it streams; a mismatch stores nothing."""
+    def pull_blob(self, cas: CAS, repo: str, digest: str, size: int | None = None) -> None:
+        """Fetch a blob into the CAS, verified while it streams; a mismatch stores nothing
+        and raises ContentMismatch. With ``size``, a longer answer is cut off as one."""
         if cas.has(digest):
             return
         what = f"download of blob {digest} from {self.host}/{repo}"
@@ -356,8 +374,11 @@ class RegistryClient:
                 with cas.writer(expected=digest) as out:
                     for chunk in response.iter_content(1 << 20):
                         out.write(chunk)
+                        if size is not None and out.size > size:
+                            raise ContentMismatch(f"{what}: the registry sent more than the "
+                                                  f"{size} bytes its descriptor says; nothing stored")
         except BlobMissing as e:
-            raise RegistryError(f"{what}: the registry sent other content ({e})") from None
+            raise ContentMismatch(f"{what}: the registry sent other content ({e})") from None
         except requests.RequestException as e:
             raise RegistryError(f"{what} failed: {_reason(e)}") from None
         except ValueError as e:  # oras: "Cannot respond to request for authentication."
@@ -370,16 +391,21 @@ class RegistryClient:
         if response.status_code != 200:
             raise self._fail(what, response)
         if sha256_digest(response.content) != digest:
-            raise RegistryError(f"{what}: the registry sent content hashing to {sha256_digest(response.content)}")
+            raise ContentMismatch(f"{what}: the registry sent content hashing to {sha256_digest(response.content)}")
         return response.content
 
     # -- manifests ----------------------------------------------------------------------
-    def push_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        """PUT manifest bytes as they are under a tag or digest; return their digest."""
+    def push_manifest(self, repo: str, ref: str, data: bytes, media_type: str,
+                      headers: dict[str, str] | None = None) -> str:
+        """PUT manifest bytes as they are under a tag or digest; return their digest.
+
+        ``headers`` adds request headers (``If-None-Match: *`` for a conditional PUT; a
+        registry that honours it answers 412, raised as RegistryHTTPError(status=412)).
+        """
         digest = sha256_digest(data)
         what = f"push of manifest {digest} to {self.host}/{repo}:{ref}"
         response = self._request(what, self._api(repo, "manifests", ref), "PUT",
-                                  data=data, headers={"Content-Type": media_type})
+                                  data=data, headers={**(headers or {}), "Content-Type": media_type})
         if response.status_code not in (200, 201):
             raise self._fail(what, response)
         served = response.headers.get("Docker-Content-Digest")
@@ -392,13 +418,14 @@ class RegistryClient:
         what = f"manifest {self.host}/{repo}{'@' if ref.startswith('sha256:') else ':'}{ref}"
         response = self._request(what, self._api(repo, "manifests", ref), headers={"Accept": ", ".join(ACCEPT)})
         if response.status_code == 404:
-            raise ManifestUnknown(f"{what} does not exist{_registry_errors(response)}")
+            raise ManifestUnknown(f"{what} does not exist{_registry_errors(response)}", 404,
+                                  _error_codes(response))
         if response.status_code != 200:
             raise self._fail(what, response)
         data = response.content
         digest = sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
-            raise RegistryError(f"{what}: the registry sent a manifest hashing to {digest}; nothing stored")
+            raise ContentMismatch(f"{what}: the registry sent a manifest hashing to {digest}; nothing stored")
         try:
             media_type = json.loads(data).get("mediaType")
         except (ValueError, AttributeError):
@@ -501,6 +528,15 @@ def _reason(e: Exception) -> str:
         if marker in text:
             return marker.lower()
     return text
+
+
+def _error_codes(response: requests.Response) -> tuple[str, ...]:
+    """The ``errors[].code`` values of a distribution-spec error body (none if it has none)."""
+    try:
+        errors = response.json().get("errors") or []
+        return tuple(str(e.get("code")) for e in errors if isinstance(e, dict) and e.get("code"))
+    except (ValueError, AttributeError):
+        return ()
 
 
 def _registry_errors(response: requests.Response) -> str:

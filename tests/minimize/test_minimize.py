@@ -128,7 +128,7 @@ def test_the_report_says_who_needed_each_library_through_which_soname_and_direct
     assert {"needed_by": f"/{MULTIARCH}/libc.so.6", "how": "interp", "search_dir": "/lib64",
             "soname": "ld-linux-x86-64.so.2"} in loader["reasons"]
     assert report["platform"] == "linux/amd64"
-    assert report["image"] == target(out, "//p:build")["digest"]
+    assert "image" not in report  # not a digest that re-keys dependents (see harvest_action)
 
 
 def test_query_why_prints_the_chain_back_to_the_requested_path(forge_workspace):
@@ -189,7 +189,7 @@ def test_production_base_libraries_are_left_out_when_identical(forge_workspace):
     assert statuses[f"/{MULTIARCH}/libc.so.6"] == "provided_by_base"
     assert statuses["/lib64/ld-linux-x86-64.so.2"] == "provided_by_base"
     assert statuses[f"/{MULTIARCH}/libz.so.1"] == "kept"
-    assert report["production_base"] == target(out, "//p:prod")["digest"]
+    assert "production_base" not in report
     why = ws.run("query", "why", "//p:min", f"/{MULTIARCH}/libc.so.6").assert_success()
     assert "the production base already has it (same content)" in why.stdout
 

@@ -1,5 +1,6 @@
 """Fixtures for the remote cache tests: unique cache repositories on the real registries,
-throwaway registries a test may kill, registry listings, Docker config files.
+throwaway registries a test may kill, a fault-injecting proxy in front of the real
+registry, registry listings, Docker config files.
 
 Every test uses its own repository (``forge-cache-test/<uuid>``) so tests never see each
 other's results; the shared registries come from ``scripts/services.sh``.
@@ -8,14 +9,18 @@ other's results; the shared registries come from ``scripts/services.sh``.
 from __future__ import annotations
 
 import base64
+import http.client
+import http.server
 import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +154,106 @@ def throwaway_registry(tmp_path: Path):
 def closed_port() -> int:
     """A loopback port nothing listens on."""
     return free_port()
+
+
+# -- a registry proxy that injects faults --------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request the proxy received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def is_manifest_put(self) -> bool:
+        return self.method == "PUT" and "/manifests/" in self.path
+
+
+# A rule looks at a request and answers it itself — (status, headers, body) — or returns
+# None to let it through to the registry. It may sleep first (a registry that hangs).
+Rule = Callable[[Seen], "tuple[int, dict[str, str], bytes] | None"]
+
+
+class FaultProxy:
+    """A plain-HTTP proxy in front of a real registry: forwards every request, records it,
+    and lets a test answer chosen ones itself (a 500 on the manifest PUT, a 412, a delay)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.seen: list[Seen] = []
+        self.rules: list[Rule] = []
+        self.after: list[Callable[[Seen, int], None]] = []  # called once a forward is answered
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                seen = Seen(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
+                proxy.seen.append(seen)
+                for rule in proxy.rules:
+                    answer = rule(seen)
+                    if answer is not None:
+                        self._reply(*answer)
+                        return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in seen.headers.items() if k.lower() != "connection"}
+                    conn.request(seen.method, seen.path, body=seen.body or None, headers=headers)
+                    response = conn.getresponse()
+                    body = response.read()
+                    out = {k: v for k, v in response.getheaders()
+                           if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+                    if seen.method == "HEAD":
+                        out["Content-Length"] = response.getheader("Content-Length") or "0"
+                    self._reply(response.status, out, body, head=seen.method == "HEAD")
+                finally:
+                    conn.close()
+                for hook in proxy.after:
+                    hook(seen, response.status)
+
+            def _reply(self, status: int, headers: dict[str, str], body: bytes, head: bool = False) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if not head:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head and body:
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def manifest_puts(self) -> list[Seen]:
+        return [s for s in self.seen if s.is_manifest_put]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def registry_proxy():
+    """A FaultProxy in front of the shared registry on 127.0.0.1:5000."""
+    proxy = FaultProxy(require_registry())
+    try:
+        yield proxy
+    finally:
+        proxy.close()

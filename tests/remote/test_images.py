@@ -131,3 +131,45 @@ def test_amd64_and_arm64_results_of_one_target_coexist(forge_workspace, tmp_path
         digest = out.summary()["targets"][0]["outputs"]["manifest"]
         validate_image(cas_b, digest)
         assert load_image(cas_b, digest).config["architecture"] == arch
+
+
+def test_index_artifact_lists_child_manifests_and_configs_with_their_types(forge_workspace, tmp_path,
+                                                                          cache_url):
+    """No engine: two imports and an index. The index's cache entry carries every blob of
+    the index with its own media type, as the result's descriptors say (nothing sniffed)."""
+    from forge.core.oci import media
+
+    build = ('oci_import(name = "amd64", src = "busybox-amd64.tar", platform = "amd64")\n'
+             'oci_import(name = "arm64", src = "busybox-arm64.tar", platform = "aarch64")\n'
+             'image_index(name = "idx", images = [":amd64", ":arm64"])\n')
+    tars = ("busybox-amd64.tar", "busybox-arm64.tar")
+    a = with_tarballs(forge_workspace({"WORKSPACE.toml": workspace_toml(cache_url, write=True),
+                                       "app/BUILD": build}, name="ws-a", cache=tmp_path / "cache-a"), *tars)
+    b = with_tarballs(forge_workspace({"WORKSPACE.toml": workspace_toml(cache_url), "app/BUILD": build},
+                                      name="ws-b", cache=tmp_path / "cache-b"), *tars)
+    first = a.run("build", "//app:idx", "--json").assert_success()
+    step = next(e for e in first.actions() if e["id"] == "//app:idx#Index.0")
+    cas_a = CAS(a.cache / "cas")
+    index = load(cas_a, step["outputs"]["index"])
+    entry = cache_manifest(cache_url, step["key"])
+    in_cache = {d["digest"]: d["mediaType"] for d in entry["layers"]}
+    assert in_cache[index.digest] == media.OCI_INDEX
+    assert len(index.images) == 2
+    for image in index.images:
+        assert in_cache[image.digest] == image.media_type == media.OCI_MANIFEST
+        assert in_cache[image.config_digest] == image.config_media_type
+        assert image.config_media_type in media.CONFIG_TYPES  # not application/json
+        for layer in image.layers:
+            assert in_cache[layer.digest] == media.to_oci(layer.media_type)
+    want = {index.digest, *(image.digest for image in index.images),
+            *(d for image in index.images for d, _ in image.blobs())}
+    assert set(in_cache) - want <= {entry["layers"][-1]["digest"]}  # at most the log besides
+    assert want <= set(in_cache)
+    assert "application/json" not in in_cache.values()
+
+    restored = b.run("build", "//app:idx", "--json").assert_success()
+    assert set(restored.statuses().values()) == {"cached-remote"}
+    cas_b = CAS(b.cache / "cas")
+    validate_image(cas_b, index.digest)
+    for image in load(cas_b, index.digest).images:
+        validate_image(cas_b, image.digest)

@@ -13,15 +13,18 @@ import uuid
 import pytest
 
 from forge.core.actions import ActionResult
-from forge.core.cas import CAS
-from forge.core.errors import ConfigError, RemoteCacheError
+from forge.core.cas import CAS, Descriptor, sha256_digest
+from forge.core.errors import ConfigError, RegistryError, RemoteCacheError, RemoteEntryInvalid
+from forge.core.oci import media
 from forge.core.workspace import load_workspace
 from forge.plugins.oci_cache import (
     RESULT_MEDIA_TYPE,
     CacheSettings,
     OciCache,
     manifest_bytes,
+    parse_record,
     record_bytes,
+    refuses_field,
     settings_for,
     split_url,
 )
@@ -99,38 +102,64 @@ def test_url_forms():
         split_url("cache")
 
 
-def test_manifest_is_deterministic_with_real_media_types(tmp_path):
+def test_manifest_is_deterministic_and_carries_the_results_media_types(tmp_path):
     cas = CAS(tmp_path / "cas")
-    layer = cas.put_bytes(gzip.compress(b"x" * 100, mtime=0))
-    config = cas.put_bytes(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}')
+    layer = cas.put_bytes(gzip.compress(b"x" * 100, mtime=0)).typed(media.OCI_LAYER_GZIP, diff_id="sha256:" + "1" * 64)
+    config = cas.put_bytes(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}').typed(media.OCI_CONFIG)
     manifest = cas.put_bytes(json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest,
-                   "size": config.size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer.digest,
-                    "size": layer.size}],
-    }).encode())
+        "schemaVersion": 2, "mediaType": media.OCI_MANIFEST,
+        "config": {"mediaType": media.OCI_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": media.OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}],
+    }).encode()).typed(media.OCI_MANIFEST, platform="linux/amd64")
+    # Nothing is sniffed: gzip bytes typed as a plain blob stay a plain blob, JSON stays JSON.
+    opaque = cas.put_bytes(gzip.compress(b"not a layer", mtime=0))
+    report = cas.put_bytes(b'{"mediaType": "application/vnd.oci.image.manifest.v1+json"}').typed("application/json")
     log = cas.put_bytes(b"step 1/1\n")
-    result = ActionResult({"manifest": manifest.digest}, (config.digest, layer.digest),
-                          {manifest.digest: manifest.size}, {"platform": "linux/amd64"}, log.digest)
+    result = ActionResult.make({"manifest": manifest, "report": report}, (config, layer, opaque),
+                               {"platform": "linux/amd64"}, log.digest)
     key = "ab" * 32
     record = record_bytes(key, result)
-    assert json.loads(record) == {"format": 1, "key": key, "result": result.to_json()}
-    one = manifest_bytes(key, result, cas, "sha256:" + "0" * 64, len(record))
-    assert one == manifest_bytes(key, result, cas, "sha256:" + "0" * 64, len(record))
+    assert json.loads(record) == {"format": 2, "key": key, "result": result.to_json()}
+    record_desc = Descriptor(sha256_digest(record), len(record), RESULT_MEDIA_TYPE)
+    log_desc = log.typed("text/plain")
+    one = manifest_bytes(key, result, record_desc, log_desc)
+    assert one == manifest_bytes(key, result, record_desc, log_desc)
     doc = json.loads(one)
     assert doc["artifactType"] == doc["config"]["mediaType"] == RESULT_MEDIA_TYPE
+    assert RESULT_MEDIA_TYPE == "application/vnd.forge.action-result.v2+json"
+    assert doc["annotations"] == {"dev.forge.action-key": key, "dev.forge.format": "2"}
     types = {d["digest"]: d["mediaType"] for d in doc["layers"]}
     assert types == {
-        manifest.digest: "application/vnd.oci.image.manifest.v1+json",
-        config.digest: "application/vnd.oci.image.config.v1+json",
-        layer.digest: "application/vnd.oci.image.layer.v1.tar+gzip",
+        manifest.digest: media.OCI_MANIFEST,
+        config.digest: media.OCI_CONFIG,
+        layer.digest: media.OCI_LAYER_GZIP,
+        opaque.digest: "application/octet-stream",
+        report.digest: "application/json",
         log.digest: "text/plain",
     }
+    assert [d["digest"] for d in doc["layers"]] == [*result.all_blobs(), log.digest]
     titles = {d["digest"]: d.get("annotations", {}).get("org.opencontainers.image.title") for d in doc["layers"]}
-    assert titles[manifest.digest] == "manifest" and titles[log.digest] == "log"
-    assert "artifactType" not in json.loads(manifest_bytes(key, result, cas, "sha256:" + "0" * 64, 1,
+    assert titles[manifest.digest] == "manifest" and titles[report.digest] == "report"
+    assert titles[log.digest] == "log" and titles[layer.digest] is None
+    assert "artifactType" not in json.loads(manifest_bytes(key, result, record_desc, log_desc,
                                                            artifact_type=False))
+    assert parse_record(record, key, "here") == result
+    with pytest.raises(RemoteEntryInvalid, match="record of key"):
+        parse_record(record, "cd" * 32, "here")
+
+
+def test_only_a_refusal_of_the_manifest_earns_the_push_without_artifact_type():
+    from forge.core.oci.registry import RegistryAuthError, RegistryHTTPError
+
+    assert refuses_field(RegistryHTTPError("x", 400, ("MANIFEST_INVALID",)))
+    assert refuses_field(RegistryHTTPError("x", 400, ("UNSUPPORTED",)))
+    assert refuses_field(RegistryHTTPError("x", 400))
+    assert not refuses_field(RegistryHTTPError("x", 400, ("MANIFEST_BLOB_UNKNOWN",)))
+    assert not refuses_field(RegistryHTTPError("x", 400, ("MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN")))
+    for status in (500, 502, 503, 504, 404, 0):
+        assert not refuses_field(RegistryHTTPError("x", status, ("MANIFEST_INVALID",)))
+    assert not refuses_field(RegistryAuthError("x", 401))
+    assert not refuses_field(RegistryError("timed out"))
 
 
 # -- the round trip ---------------------------------------------------------------------------
@@ -191,7 +220,7 @@ def test_read_only_build_changes_no_repository_and_no_tag(forge_workspace, tmp_p
 def test_two_writers_of_one_key_and_a_foreign_tag(tmp_path, cache_url):
     cas = CAS(tmp_path / "cas")
     out = cas.put_bytes(b"same content " + uuid.uuid4().bytes)
-    result = ActionResult({"out": out.digest}, (), {out.digest: out.size})
+    result = ActionResult.make({"out": out})
     key = uuid.uuid4().hex * 2
     one, two = (OciCache(CacheSettings(cache_url, write=True)) for _ in range(2))
     assert one.push(key, result, cas).results == 1
@@ -293,7 +322,7 @@ def test_corrupt_blob_in_registry_is_detected_not_stored_and_rebuilt(forge_works
         fresh = CAS(tmp_path / "fresh")
         backend = OciCache(CacheSettings(cache_url))
         key = next(e["key"] for e in first.actions() if e["id"] == A)
-        with pytest.raises(Exception, match="other content|hashed to"):
+        with pytest.raises(RemoteEntryInvalid, match=f"{key}: blob {digest} does not verify.*other content"):
             backend.lookup(key, fresh)
         assert not fresh.has(digest)
         assert list((fresh.root / "tmp").iterdir()) == []  # no temp file left behind

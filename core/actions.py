@@ -59,10 +59,12 @@ class SourceFile:
 
     abspath: str  # on this machine: never in a key
     relpath: str  # relative to the package: the key uses this
+    follow: bool = False  # a symlink is read through (content keyed), not kept as a link
 
-    def __init__(self, path: str | Path, relpath: str):
+    def __init__(self, path: str | Path, relpath: str, follow: bool = False):
         object.__setattr__(self, "abspath", str(path))
         object.__setattr__(self, "relpath", relpath)
+        object.__setattr__(self, "follow", follow)
 
     @property
     def path(self) -> Path:

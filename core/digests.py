@@ -49,7 +49,7 @@ class FileDigests:
     def digest(self, src: SourceFile) -> InputDigest:
         path = src.abspath
         try:
-            st = os.lstat(path)
+            st = os.stat(path) if src.follow else os.lstat(path)
         except FileNotFoundError:
             raise BuildFileError(f"input file {src.relpath} ({path}) does not exist") from None
         if stat.S_ISLNK(st.st_mode):
@@ -59,13 +59,14 @@ class FileDigests:
             raise BuildFileError(f"input {src.relpath} is not a regular file or symlink")
         sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         executable = bool(st.st_mode & 0o111)
-        entry = self._memo.get(path)
+        memo_key = path if not src.follow else "follow:" + path  # a link's text vs its target's bytes
+        entry = self._memo.get(memo_key)
         if entry is not None and entry[:4] == sig:
             return InputDigest(src.relpath, executable, entry[4])
         digest = hash_file(path)
         with self._lock:
             self.hashed += 1
-            self._memo[path] = [*sig, digest]
+            self._memo[memo_key] = [*sig, digest]
             self._dirty = True
         return InputDigest(src.relpath, executable, digest)
 

@@ -142,6 +142,15 @@ class RunContext:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class _InputsChanged(Exception):
+    """Sources changed between keying an action and the end of its run (an editor saving
+    during the build): what it read may not be what its key hashed."""
+
+    def __init__(self, files: list[str]):
+        super().__init__(", ".join(files))
+        self.files = files
+
+
 class _Retry(Exception):
     """An action found dependencies whose blobs are corrupt: re-run them, then it."""
 
@@ -173,10 +182,12 @@ class Scheduler:
         self._prepared: dict[tuple[str, str], str | BaseException] = {}
         self._remote_lock = threading.Lock()
         self._warned: set[str] = set()
+        self._keyed_inputs: dict[Action, list[Any]] = {}
 
     # -- keys -----------------------------------------------------------------------
     def compute_key(self, action: Action) -> str:
         inputs = [self.digests.digest(src) for src in action.inputs]
+        self._keyed_inputs[action] = inputs
         deps = [self.results[d].digest for d in action.deps]
         manifest = key_manifest(action, inputs, deps)
         key = action_key(manifest)
@@ -199,6 +210,7 @@ class Scheduler:
         # corrupt wait for it in `rerun_for` and are then re-keyed and run again, once.
         rerun_for: dict[Action, list[Action]] = {}
         retried: set[Action] = set()
+        rekeyed: set[Action] = set()  # re-run once because their sources changed mid-run
         failed = False
         self.reporter.build_started(len(graph))
         pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="forge-action")
@@ -268,6 +280,19 @@ class Scheduler:
                     action = running.pop(fut)
                     try:
                         outcome = fut.result()
+                    except _InputsChanged as exc:
+                        if action in rekeyed:
+                            finish(Outcome(action, FAILED, error=(
+                                f"source files changed while the action ran, twice: {exc}; "
+                                "nothing was recorded — build again when the files are saved"),
+                                log_path=self.session.log_path(action)))
+                            failed = True
+                        else:  # run it once more, keyed on what the files hold now
+                            rekeyed.add(action)
+                            self.reporter.warning(f"{action}: {exc} changed while it ran; "
+                                                  "running it again on the new content")
+                            ready.append(action)
+                        continue
                     except _Retry as retry:
                         self.reporter.warning(f"{action}: corrupt blobs in {retry}; re-running them")
                         recover(action, retry.deps)
@@ -324,6 +349,10 @@ class Scheduler:
             return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path)
         finally:
             ctx.cleanup()
+        changed = self._changed_inputs(action)
+        if changed:  # never record a result under a key of other content
+            self._write_log(log_path, [*lines, f"inputs changed during the action: {', '.join(changed)}"])
+            raise _InputsChanged(changed)
         self._write_log(log_path, lines)
         if lines:
             log_blob = self.cas.put_bytes(("\n".join(lines) + "\n").encode())
@@ -332,6 +361,20 @@ class Scheduler:
         self._remote_upload(action, key, result)
         self.hooks.forge_action_finished(action=action, result=result, status=BUILT)
         return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path)
+
+    def _changed_inputs(self, action: Action) -> list[str]:
+        """Inputs whose content is no longer what the key hashed (checked after the run,
+        as Bazel does: cheap when stat data is unchanged, a re-hash when it is not)."""
+        keyed = self._keyed_inputs.get(action, [])
+        changed = []
+        for src, before in zip(action.inputs, keyed, strict=True):
+            try:
+                now = self.digests.digest(src)
+            except ForgeError:
+                now = None
+            if now != before:
+                changed.append(src.relpath)
+        return changed
 
     def _corrupt_deps(self, action: Action) -> list[Action]:
         """The dependencies whose blobs no longer verify (verify evicts the bad ones)."""

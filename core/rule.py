@@ -8,6 +8,7 @@ only when the action's key misses every cache.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ from forge.core.attrs import Attr
 from forge.core.errors import AnalysisError
 from forge.core.labels import Label
 from forge.core.platforms import Platform
+
+
+def sandbox_roots(workspace_root: str) -> tuple[str, ...]:
+    """Extra roots a workspace allows reads from (``[workspace] external_roots``)."""
+    return ()
 
 
 class Rule:
@@ -117,15 +123,89 @@ class AnalysisContext:
         value = getattr(self.attr, "platform", None)
         return value if isinstance(value, Platform) else self._default_platform
 
-    def files(self, relpaths: Iterable[str]) -> list[SourceFile]:
-        """Source files of this package, by package-relative path."""
+    # -- the sandbox ------------------------------------------------------------------
+    # Every file a target reads is checked on its *resolved* path: it must lie inside the
+    # workspace (or a root it declares in [workspace] external_roots), whatever the string
+    # says. A source that is itself a symlink is kept as a symlink entry (its target text
+    # is keyed, never read), so only its directory must resolve inside; a file the rule
+    # reads the content of (`follow`: a Dockerfile, an args file, a tarball) must resolve
+    # inside itself, and is keyed by the content read.
+
+    @property
+    def workspace_root(self) -> str:
+        depth = len(self.label.package.split("/")) if self.label.package else 0
+        root = str(self.package_dir)
+        for _ in range(depth):
+            root = os.path.dirname(root)
+        return root
+
+    def _roots(self) -> tuple[str, ...]:
+        roots = getattr(self, "_roots_cache", None)
+        if roots is None:
+            root = self.workspace_root
+            extra = sandbox_roots(root)
+            roots = tuple(os.path.realpath(r) for r in (root, *extra))
+            self._roots_cache = roots
+        return roots
+
+    def _escape(self, attr: str, rel: str, real: str) -> AnalysisError:
+        return self.fail(
+            f"attribute '{attr}': {rel!r} resolves to {real}, outside the workspace "
+            f"{self.workspace_root}; forge reads only files inside it (declare another root "
+            "in WORKSPACE.toml [workspace] external_roots to allow one)")
+
+    def _check_inside(self, attr: str, rel: str, real: str) -> None:
+        if not any(real == r or real.startswith(r + os.sep) for r in self._roots()):
+            raise self._escape(attr, rel, real)
+
+    def source_path(self, rel: str, attr: str, *, kind: str = "file") -> Path:
+        """The resolved path of a package file or directory the rule reads at analysis
+        (``kind`` = "file" or "dir"), checked against the sandbox."""
+        rel = self._relative(rel, attr)
+        path = os.path.join(str(self.package_dir), rel)
+        real = os.path.realpath(path)
+        self._check_inside(attr, rel, real)
+        ok = os.path.isdir(real) if kind == "dir" else os.path.isfile(real)
+        if not ok:
+            what = "directory" if kind == "dir" else "file"
+            exists = "is not a " + what if os.path.lexists(path) else "does not exist"
+            raise self.fail(f"attribute '{attr}': {rel!r} {exists} in {self.package_dir}")
+        return Path(path)
+
+    def _relative(self, rel: str, attr: str) -> str:
+        if not isinstance(rel, str) or not rel or rel.startswith("/"):
+            raise self.fail(f"attribute '{attr}': {rel!r} must be a path relative to the package")
+        return rel.strip("/") if rel != "/" else rel
+
+    def files(self, relpaths: Iterable[str], *, attr: str = "srcs",
+              follow: bool = False) -> list[SourceFile]:
+        """Source files of this package, by package-relative path, sandbox-checked.
+
+        ``follow=False`` (layer and context sources): a symlink is a symlink entry.
+        ``follow=True`` (files whose content the action reads): the link is followed, the
+        target must be inside the workspace, and the content is what enters the key.
+        """
         out = []
         base = str(self.package_dir)
+        resolved_dirs: dict[str, str] = {}
         for rel in relpaths:
+            rel = self._relative(rel, attr)
             path = f"{base}/{rel}"  # plain strings: analysis of thousands of files stays cheap
-            if not os.path.lexists(path):
-                raise AnalysisError(f"{self.location}: {self.label}: source file {rel!r} does not exist")
-            out.append(SourceFile(path, rel))
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise AnalysisError(f"{self.location}: {self.label}: source file {rel!r} does not exist") from None
+            directory = os.path.dirname(path)
+            real_dir = resolved_dirs.get(directory)
+            if real_dir is None:
+                real_dir = resolved_dirs[directory] = os.path.realpath(directory)
+                self._check_inside(attr, rel, real_dir)
+            if stat.S_ISLNK(st.st_mode) and follow:
+                real = os.path.realpath(path)
+                self._check_inside(attr, rel, real)
+                if not os.path.isfile(real):
+                    raise self.fail(f"attribute '{attr}': {rel!r} points to {real}, which is not a file")
+            out.append(SourceFile(path, rel, follow=follow))
         return out
 
     def action(

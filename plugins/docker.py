@@ -125,7 +125,8 @@ class DockerExecutor:
         if base is not None:
             args["BASE_IMAGE"] = self.ensure_loaded(rc, client, base)
         root = p.get("context_root", "")
-        context = build_context(package_dir, root, [p["dockerfile"], *p["context"]])
+        context = build_context(package_dir, root, [p["dockerfile"], *p["context"]],
+                                follow={p["dockerfile"]})
         rel_dockerfile = p["dockerfile"][len(root) + 1:] if root else p["dockerfile"]
         rc.log(f"docker build -f {rel_dockerfile} ({len(p['context'])} context files) on "
                f"{self.host_for(platform)} for {platform}")
@@ -173,20 +174,23 @@ def engine_ref(image: Any) -> str:
     return f"forge-base/{image.config_digest.split(':')[1][:32]}:latest"
 
 
-def build_context(package_dir: Path, root: str, relpaths: list[str]) -> io.BytesIO:
-    """A deterministic tar of exactly the declared files, paths relative to ``root``."""
+def build_context(package_dir: Path, root: str, relpaths: list[str],
+                  follow: set[str] = frozenset()) -> io.BytesIO:
+    """A deterministic tar of exactly the declared files, paths relative to ``root``;
+    those in ``follow`` (the Dockerfile) are read through a symlink, the rest stay links."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for rel in sorted(dict.fromkeys(relpaths)):
             path = package_dir / rel
             name = rel[len(root) + 1:] if root and rel.startswith(root + "/") else rel
-            info = tf.gettarinfo(str(path), arcname=name)
+            source = os.path.realpath(path) if rel in follow else str(path)
+            info = tf.gettarinfo(source, arcname=name)
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if info.isfile():
                 info.mode = 0o755 if info.mode & 0o111 else 0o644
-                with open(path, "rb") as fh:
+                with open(source, "rb") as fh:
                     tf.addfile(info, fh)
             else:
                 tf.addfile(info)

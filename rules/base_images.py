@@ -28,18 +28,19 @@ class OciImport(forge.Rule):
     attrs = IMPORT_ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
-        src = ctx.attr.src.strip("/")
-        path = ctx.package_dir / src
-        if path.is_dir():
+        src = ctx.attr.src
+        path = ctx.package_dir / src.strip("/")
+        kind = "dir" if path.is_dir() else "file"
+        path = ctx.source_path(src, "src", kind=kind)  # resolved inside the workspace, or an error
+        src = src.strip("/")
+        if kind == "dir":
             rels = sorted(str(p.relative_to(ctx.package_dir)) for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            rels = [src]
         else:
-            raise ctx.fail(f"src {src!r} does not exist in {ctx.package_dir}")
+            rels = [src]
         platform = ctx.platform
         # The key sees the files' contents; the run function finds them through rc.source.
         # A rootfs tarball is rewritten with the build's epoch (timestamps=True).
-        action = ctx.action("OciImport", import_image, inputs=ctx.files(rels),
+        action = ctx.action("OciImport", import_image, inputs=ctx.files(rels, attr="src", follow=True),
                             platform=platform, timestamps=True,
                             params={"src": src}, description=src, materialize=materialize_image)
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]

@@ -56,7 +56,10 @@ def parse_args_file(path: Path, display: str) -> dict[str, str]:
             continue
         m = _ARG_LINE.match(line)
         if not m:
-            raise BuildFileError(f"{display}:{number}: expected KEY=VALUE, got {raw!r}")
+            # The line itself is never echoed: args files hold tokens and passwords.
+            what = "no '='" if "=" not in line else "the part before '=' is not a variable name"
+            raise BuildFileError(f"{display}:{number}: expected KEY=VALUE ({what}; the line is "
+                                 "not shown, it may hold a secret)")
         value = m.group(2)
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
@@ -71,22 +74,25 @@ def declare_build(
 ) -> forge.Action:
     """Declare one DockerBuild action (shared by both rules)."""
     args = dict(build_args)
-    inputs = [dockerfile, *context]
     if args_file:
         # Parsed here, so its values are params (in the key, and what the engine gets); the
         # file's bytes are not an input: a comment or blank line in it re-runs nothing.
-        ctx.files([args_file])  # it must exist
-        args.update(parse_args_file(ctx.package_dir / args_file, f"{ctx.label.package}/{args_file}"))
+        path = ctx.source_path(args_file, "args_file")
+        args.update(parse_args_file(path, f"{ctx.label.package}/{args_file}"))
     base_action = None
     if base is not None:
         base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action
-    files = ctx.files(dict.fromkeys(inputs))
+    # The Dockerfile is read (its content keyed, through a symlink if it is one); context
+    # files are sent as they are (a symlink stays a symlink).
+    dockerfile_path = ctx.source_path(dockerfile, "dockerfile")
+    files = ctx.files([dockerfile], attr="dockerfile", follow=True) + ctx.files(
+        [c for c in dict.fromkeys(context) if c != dockerfile])
     # Every image the Dockerfile names must be BASE_IMAGE, a stage, scratch or pinned by
     # digest: the Dockerfile text and build args are in the key, so a pinned digest is too,
     # and nothing unpinned can reach the engine (which would ask Docker Hub).
     display = f"{ctx.label.package}/{dockerfile}" if ctx.label.package else dockerfile
     refs = check_image_references(
-        (ctx.package_dir / dockerfile).read_text(errors="replace"), display,
+        dockerfile_path.read_text(errors="replace"), display,
         build_args=args, has_base=base_action is not None)
     if target is not None and target.lower() not in refs.stages:
         raise ctx.fail(f"target = {target!r} is not a stage of {display} "
@@ -163,9 +169,7 @@ class DockerfileChain(forge.Rule):
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
         a = ctx.attr
-        directory = ctx.package_dir / a.dir
-        if not directory.is_dir():
-            raise ctx.fail(f"dir {a.dir!r} is not a directory of the package")
+        directory = ctx.source_path(a.dir, "dir", kind="dir")
         steps = chain_files(directory)
         if not steps:
             raise ctx.fail(f"no NN-Dockerfile-<descriptor> files in {a.dir}/")

@@ -103,7 +103,7 @@ class Production(forge.Rule):
             platform=platform, timestamps=True,
             params={
                 "env": a.env, "entrypoint": a.entrypoint, "cmd": a.cmd, "workdir": a.workdir,
-                "labels": a.labels, "history": history, "base": str(a.base.label),
+                "labels": a.labels, "history": history,
                 # A layer not fitted to this base is checked against it (see run below).
                 "check_fit": minimized.production_base is None,
             },
@@ -186,6 +186,15 @@ def assemble_production(rc: forge.RunContext) -> forge.ActionResult:
     return image_result(rc, image)
 
 
+def base_label(rc: forge.RunContext) -> str:
+    """The base target's label, for messages: from the action graph, not a param (a label
+    is not an output, so renaming the base target must not re-run the assembly)."""
+    base = rc.action.deps[0]
+    if base.label == rc.action.label and base.deps:  # ProductionPackages: its own base
+        base = base.deps[0]
+    return str(base.label)
+
+
 def check_fit(rc: forge.RunContext, base: Any, layer: Any, minimized: forge.Action) -> None:
     """Fail if the layer would hide part of the base (a directory over the base's
     ``/lib -> usr/lib``, a symlink over a base directory): the image would not start."""
@@ -200,5 +209,5 @@ def check_fit(rc: forge.RunContext, base: Any, layer: Any, minimized: forge.Acti
         raise MinimizeError(
             f"the layer of {minimized.label} would hide parts of the base:\n    " +
             "\n    ".join(conflicts) +
-            f"\n  set production_base = \"{rc.params['base']}\" on {minimized.label} so "
+            f"\n  set production_base = \"{base_label(rc)}\" on {minimized.label} so "
             "that its paths go through the base's links")

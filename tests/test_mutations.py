@@ -754,6 +754,13 @@ def reorder_srcs(root: Path) -> None:
                '["files/etc/motd", "files/etc/app.conf", "files/bin/current", "files/bin/run.sh"]')
 
 
+def rename_production_base(root: Path) -> None:
+    path = root / PKG / "BUILD"
+    path.write_text(path.read_text() + 'oci_import(name = "renamed-base", src = "busybox-amd64.tar", '
+                    'platform = "amd64")\n')
+    edit_build(root, 'name = "prod",\n    base = ":base-amd64"', 'name = "prod",\n    base = ":renamed-base"')
+
+
 def glob_to_list(root: Path) -> None:
     edit_build(root, 'srcs = glob(["docs/*.txt"])', 'srcs = ["docs/a.txt", "docs/b.txt", "docs/big.txt"]')
 
@@ -810,6 +817,8 @@ IRRELEVANT: list[Irrelevant] = [
                                             '{"APP_COLOR": "blue", "APP_MODE": "edge"}')),
     Irrelevant("label-spelling", build_edit('minimized = ":min"', 'minimized = "//app:min"')),
     Irrelevant("srcs-order", reorder_srcs),
+    # the same base under another target name: a label is not an output (issue 19)
+    Irrelevant("production-base-renamed", rename_production_base),
     Irrelevant("glob-as-list", glob_to_list),
     Irrelevant("attribute-order", reorder_attributes),
     Irrelevant("jobs-1", args=("-j", "1")),

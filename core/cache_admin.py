@@ -1,15 +1,21 @@
 """``forge cache stats`` and ``forge cache gc``: size accounting and LRU trimming.
 
 Recency is the action-cache entry's mtime, refreshed on every hit, so gc removes what no
-recent build used — a whole result at a time (see ``gc``).
+recent build used — a whole result at a time (see ``gc``). gc first collects ``cas/tmp``
+debris (``CAS.collect_debris``): temp files and work directories of forge processes that
+died are removed whatever their age (their owner's lock is free), entries with no owner
+in their name once older than ``debris_max_age`` (1 hour by default); a running build's
+temp files are never touched.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from forge.core.cas import DEBRIS_MAX_AGE, Debris
 from forge.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,7 +41,45 @@ def stats(session: Session) -> dict[str, Any]:
     }
 
 
-def gc(session: Session, max_size: int) -> tuple[int, int, int]:
+@dataclass
+class GcReport:
+    """What ``collect`` did: blobs removed and bytes freed, action results dropped, and the
+    ``cas/tmp`` debris removed."""
+
+    removed: int = 0
+    freed: int = 0
+    dropped: int = 0
+    debris: Debris = field(default_factory=Debris)
+
+
+_DURATION_UNITS = {"": 1, "S": 1, "M": 60, "H": 3600, "D": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([SMHD]?)\s*", text.upper())
+    if not m:
+        raise UsageError(f"age {text!r} should look like 90s, 30m, 1h or 2d")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def collect(session: Session, max_size: int, *, debris_max_age: float = DEBRIS_MAX_AGE) -> GcReport:
+    """``forge cache gc``: collect ``cas/tmp`` debris (see the module docstring), then trim
+    the store to ``max_size`` (see ``gc``). The report's debris is all the session's CAS
+    removed, including what it collected when it was opened."""
+    session.cas.collect_debris(debris_max_age)
+    removed, freed, dropped = _trim(session, max_size)
+    return GcReport(removed, freed, dropped, session.cas.debris)
+
+
+def gc(session: Session, max_size: int, *, debris_max_age: float = DEBRIS_MAX_AGE) -> tuple[int, int, int]:
+    """``collect``, returning (blobs removed, bytes freed, entries dropped); the debris
+    removed is in ``collect``'s report."""
+    report = collect(session, max_size, debris_max_age=debris_max_age)
+    return report.removed, report.freed, report.dropped
+
+
+def _trim(session: Session, max_size: int) -> tuple[int, int, int]:
     """Trim the store to ``max_size`` bytes by whole result closures, least recently used
     first: an action-cache entry is removed, then its outputs (a manifest, an index), then
     the rest of its blobs that no remaining entry needs. So "a manifest in the CAS means its

@@ -7,18 +7,42 @@ brought it. A blob that exists is never written twice; every write is temp file 
 so two forge processes can share one store. ``open_verified``/``verify`` re-hash on read;
 a blob whose content does not match its name is deleted (evicted) and reported missing,
 so the action that made it runs again.
+
+Debris. Half-written blobs (``tmp/.tmp-<owner>-*``) and action work directories
+(``tmp/work-<owner>-*``) of a process that was killed stay behind. Several forge processes
+share one store, so age alone cannot tell a dead build's temp file from a live one's (a
+layer can take an hour to write). Each CAS instance therefore owns its temp entries: before
+its first one it takes ``locks/<owner>.lock`` (``<owner>`` = ``<pid>-<8 random hex>``,
+unique per instance, so two processes never wait on each other) and holds an exclusive
+``fcntl.flock`` on it for its lifetime; the kernel drops the lock when the process dies,
+however it dies. ``collect_debris`` removes every entry whose owner's lock it can take (the
+owner is dead) or whose lock is gone (the owner finished and the entry was left over), then
+the dead owner's lock file. Entries of a live owner are never touched. Entries without an
+owner in their name (written by an older forge) are removed once older than ``max_age_s``.
+Every CAS collects when it is opened (``DEBRIS_MAX_AGE``, 1 hour, for unowned entries), so
+the next build cleans up after a killed one; ``forge cache gc`` collects too. Lock files
+live outside ``tmp/``, so an empty ``tmp/`` still means nothing is half-written. Another CAS
+of the same process is known live without asking flock (``_LIVE_OWNERS``: on NFS flock is
+a POSIX lock, which does not exclude its own process); a pid is not enough, since a
+container gives a build the same pid every run. On a filesystem without flock temp entries
+carry no owner, and only age makes them debris.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +53,11 @@ from forge.core.errors import CacheError
 CHUNK = 1 << 20
 BLOB_MODE = 0o444  # blobs are immutable content: nobody writes them in place
 EXPOSED_MEMO = "exposed.json"  # stat data of the copies forge-out holds (see copy_out)
+DEBRIS_MAX_AGE = 3600.0  # seconds after which a temp entry with no owner in its name is debris
+# ".tmp-<owner>-…" and "work-<owner>-…"; an older forge wrote ".tmp-<8 chars>" and
+# "work-<8 chars>" (mkstemp's alphabet has no "-"), which do not match.
+_OWNED = re.compile(r"(?:\.tmp|work)-(?P<owner>[0-9]+-[0-9a-f]{8})-")
+_LOCK = re.compile(r"(?P<owner>[0-9]+-[0-9a-f]{8})\.lock")
 
 
 def _stat_sig(path: Path) -> list[int] | None:
@@ -130,18 +159,215 @@ class _HashingWriter:
         return "sha256:" + self._hash.hexdigest()
 
 
-class CAS:
-    """Content-addressed blob store rooted at ``root`` (``<cache dir>/cas``)."""
+@dataclass
+class Debris:
+    """What ``collect_debris`` removed: temp entries (files and work directories) and
+    their bytes, and the lock files of dead owners."""
 
-    def __init__(self, root: Path):
+    entries: int = 0
+    bytes: int = 0
+    locks: int = 0
+
+
+# Owners of this process's live CAS instances. Another CAS of the same process never
+# takes their locks for dead ones (flock would say so, but on NFS, where flock becomes a
+# POSIX lock, a process's own locks do not exclude it). A pid alone would not do: in a
+# container a build gets the same pid every run, and the killed run's debris would look live.
+_LIVE_OWNERS: set[str] = set()
+
+
+def _release_owner(fd: int, path: str, pid: int, owner: str) -> None:
+    """Drop an owner's lock (finalizer of its CAS). A forked child that inherited the CAS
+    leaves the parent's lock alone."""
+    _LIVE_OWNERS.discard(owner)
+    if os.getpid() == pid:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _tree_size_and_mtime(path: str) -> tuple[int, float]:
+    """Bytes under ``path`` and the newest mtime in it (a live writer touches its files)."""
+    st = os.lstat(path)
+    size, newest = st.st_size, st.st_mtime
+    if stat.S_ISDIR(st.st_mode):
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    sub = os.lstat(os.path.join(root, name))
+                    size += sub.st_size if not stat.S_ISDIR(sub.st_mode) else 0
+                    newest = max(newest, sub.st_mtime)
+    return size, newest
+
+
+def _force_remove(func, path: str, _exc_info) -> None:  # noqa: ANN001 - rmtree's onerror
+    """rmtree's second try: a work directory may hold read-only directories (an unpacked
+    rootfs); make the parent writable and retry once, else leave the entry."""
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(path), 0o700)
+        if func is not os.rmdir and os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+        func(path)
+
+
+def _remove(path: str) -> int:
+    """Delete a temp file or directory tree; the bytes it held (0 if it was gone)."""
+    try:
+        size, _ = _tree_size_and_mtime(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=_force_remove)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+class CAS:
+    """Content-addressed blob store rooted at ``root`` (``<cache dir>/cas``).
+
+    Opening one collects the debris of dead processes (see the module docstring);
+    ``collect=False`` opens it without.
+    """
+
+    def __init__(self, root: Path, *, collect: bool = True):
         self.root = Path(root)
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
+        self._locks = self.root / "locks"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._blobs_str = str(self._blobs)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._exposed: dict[str, list] | None = None
         self._exposed_dirty = False
+        self._owner: str | None = None  # set by the first temp entry (_temp_prefix)
+        self._owner_lock = threading.Lock()
+        self.debris = Debris()  # what this instance's collect_debris calls removed in all
+        if collect:
+            self.collect_debris(DEBRIS_MAX_AGE)
+
+    # -- temp entries and their owner ---------------------------------------------------
+    def _temp_prefix(self, kind: str) -> str:
+        """``.tmp-<owner>-`` or ``work-<owner>-``: the owner's lock is taken on first use
+        (see the module docstring); plain ``.tmp-``/``work-`` where no lock can be had."""
+        if self._owner is None:
+            with self._owner_lock:
+                if self._owner is None:
+                    self._owner = self._take_owner_lock()
+        return f"{kind}-{self._owner}-" if self._owner else f"{kind}-"
+
+    def _take_owner_lock(self) -> str:
+        """A fresh owner name whose lock this instance now holds; "" when the filesystem
+        has no flock (then temp entries carry no owner and only age makes them debris)."""
+        for _ in range(20):
+            owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+            path = str(self._locks / f"{owner}.lock")
+            try:
+                self._locks.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                continue
+            except OSError:
+                return ""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a collector took the fresh file for a dead owner's
+                os.close(fd)
+                continue
+            except OSError:  # ENOLCK, EOPNOTSUPP: no locks on this filesystem
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                return ""
+            try:
+                # A collector may have taken the fresh file for a dead owner's and removed
+                # it between our open and our flock: then the lock we hold guards nothing.
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except OSError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            _LIVE_OWNERS.add(owner)
+            weakref.finalize(self, _release_owner, fd, path, os.getpid(), owner)
+            return owner
+        return ""
+
+    def _owner_state(self, owner: str) -> tuple[str, int | None]:
+        """("alive", None), ("gone", None) when the owner has no lock file, or ("dead", fd)
+        with the dead owner's lock now held by us."""
+        if owner == self._owner or owner in _LIVE_OWNERS:
+            return "alive", None
+        path = self._locks / f"{owner}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return "gone", None
+        except OSError:
+            return "alive", None  # cannot tell: keep
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EWOULDBLOCK: the owner holds it; anything else: keep, do not guess
+            os.close(fd)
+            return "alive", None
+        return "dead", fd
+
+    def collect_debris(self, max_age_s: float = DEBRIS_MAX_AGE) -> Debris:
+        """Remove temp entries of dead owners, left-over entries of finished ones, and
+        entries with no owner in their name older than ``max_age_s`` seconds; then the
+        lock files of dead owners. Never raises: debris that cannot go stays."""
+        out = Debris()
+        try:
+            names = os.listdir(self._tmp)
+        except OSError:
+            return out
+        try:
+            lock_names = os.listdir(self._locks)
+        except OSError:
+            lock_names = []
+        owned: dict[str, list[str]] = {}
+        unowned: list[str] = []
+        for name in names:
+            m = _OWNED.match(name)
+            if m:
+                owned.setdefault(m.group("owner"), []).append(name)
+            else:
+                unowned.append(name)
+        for name in lock_names:
+            m = _LOCK.fullmatch(name)
+            if m:
+                owned.setdefault(m.group("owner"), [])
+        for owner, entries in sorted(owned.items()):
+            state, fd = self._owner_state(owner)
+            if state == "alive":
+                continue
+            try:
+                for name in entries:
+                    with contextlib.suppress(OSError):
+                        freed = _remove(str(self._tmp / name))
+                        out.entries += 1
+                        out.bytes += freed
+                if fd is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._locks / f"{owner}.lock")
+                        out.locks += 1
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        now = time.time()
+        for name in unowned:
+            path = str(self._tmp / name)
+            with contextlib.suppress(OSError):
+                size, newest = _tree_size_and_mtime(path)
+                if now - newest > max_age_s:
+                    _remove(path)
+                    out.entries += 1
+                    out.bytes += size
+        self.debris.entries += out.entries
+        self.debris.bytes += out.bytes
+        self.debris.locks += out.locks
+        return out
 
     # -- names -------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -179,7 +405,7 @@ class CAS:
         hashes differently is discarded and BlobMissing is raised: nothing unverified ever
         gets a name. The descriptor is available as ``w.digest``/``w.size`` afterwards.
         """
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._tmp)
+        fd, tmp = tempfile.mkstemp(prefix=self._temp_prefix(".tmp"), dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
                 w = _HashingWriter(fh)
@@ -291,7 +517,7 @@ class CAS:
 
     def tempdir(self) -> Path:
         """A private scratch directory on the store's filesystem (so renames are cheap)."""
-        return Path(tempfile.mkdtemp(prefix="work-", dir=self._tmp))
+        return Path(tempfile.mkdtemp(prefix=self._temp_prefix("work"), dir=self._tmp))
 
     # -- reading -----------------------------------------------------------------------
     def read_bytes(self, digest: str) -> bytes:

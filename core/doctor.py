@@ -67,16 +67,24 @@ def run_checks(session: Session) -> Iterator[Check]:
 
     remote = ws.section("remote_cache")
     if remote.get("url"):
+        from forge.core.oci.registry import redact_url
+
+        shown = redact_url(remote["url"])  # a URL may carry a password: never print it
         try:
             backends = session.remote_caches()
-            for backend in backends:
+        except Exception as exc:  # noqa: BLE001
+            backends = None
+            yield Check(f"remote cache {shown}", False, str(exc))
+        for backend in backends or ():
+            try:
                 ping = getattr(backend, "ping", None)
                 detail = ping() if ping else "configured"
+            except Exception as exc:  # noqa: BLE001
+                yield Check(f"remote cache {backend.describe()}", False, str(exc))
+            else:
                 yield Check(f"remote cache {backend.describe()}", True, detail)
-            if not backends:
-                yield Check("remote cache", False, f"{remote['url']} configured but no backend loaded")
-        except Exception as exc:  # noqa: BLE001
-            yield Check(f"remote cache {remote['url']}", False, str(exc))
+        if backends == []:
+            yield Check("remote cache", False, f"{shown} configured but no backend loaded")
     else:
         yield Check("remote cache", True, "not configured ([remote_cache] url)", needed=False)
 

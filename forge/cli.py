@@ -302,15 +302,21 @@ def cache_stats(ctx, as_json) -> None:
 
 @cache.command("gc")
 @click.option("--max-size", required=True, help="Trim to this size, least recently used first (e.g. 10G, 500M).")
+@click.option("--max-age", default="1h", show_default=True,
+              help="Also remove cas/tmp entries that name no owner once this old (e.g. 30m, 2d); "
+                   "those of dead forge processes go whatever their age.")
 @click.pass_context
-def cache_gc(ctx, max_size) -> None:
-    """Delete least recently used blobs until the cache fits MAX_SIZE."""
-    from forge.core.cache_admin import gc, parse_size
+def cache_gc(ctx, max_size, max_age) -> None:
+    """Delete whole results, least recently used first, until the cache fits MAX_SIZE, and
+    what killed builds left in cas/tmp (never a running build's temp files)."""
+    from forge.core.cache_admin import collect, parse_duration, parse_size
     from forge.core.report import human_size
 
     session = _session(ctx)
-    removed, freed, dropped = gc(session, parse_size(max_size))
-    click.echo(f"removed {removed} blobs ({human_size(freed)}), {dropped} action results")
+    report = collect(session, parse_size(max_size), debris_max_age=parse_duration(max_age))
+    click.echo(f"removed {report.removed} blobs ({human_size(report.freed)}), {report.dropped} action "
+               f"results, {report.debris.entries} temp entries of dead builds "
+               f"({human_size(report.debris.bytes)})")
 
 
 @cache.command("push")

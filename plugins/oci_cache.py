@@ -39,11 +39,27 @@ not have) raises ``RemoteEntryInvalid`` — a miss with a warning, the backend s
 anything else (connection refused, timeouts after the client's retries, 5xx, 401/403) is a
 RegistryError/RemoteCacheError, and the scheduler stops using the backend for the build.
 Read-only mode sends no write request at all.
+
+Credentials. The registry login comes from the Docker config (``auths``, ``credHelpers``,
+``credsStore``; see ``forge.core.oci.registry``). A URL may carry one too,
+``[scheme://]user:password@host/repo`` (percent-encode ``@ : /`` in either part), for a
+CI job that gets its token as a secret: it is taken out of the URL as soon as the URL is
+read (``settings_for``, ``parse_url``), handed to the client as ``Credentials`` and used
+instead of the Docker config's for that host; from then on only ``host/repo`` exists as a
+string (``describe()``, every warning and error). Where the URL as written must be shown
+(a URL that does not parse), it is shown redacted, ``user:***@host/repo``. A user part
+without a password is refused, shown as ``***@host/repo`` (it is usually a token pasted
+in the wrong place). URL credentials are supported, but WORKSPACE.toml is usually
+committed: keep passwords in the Docker config, or pass them from the CI's secret store
+with ``--remote-cache``. Every exception leaving the backend (``ping``, ``lookup``,
+``entry``, ``push``) goes through the client's scrubber, so text of requests or oras
+cannot carry a secret out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import threading
@@ -67,7 +83,7 @@ from forge.core.oci import media
 
 if TYPE_CHECKING:
     from forge.core.cas import CAS
-    from forge.core.oci.registry import RegistryClient
+    from forge.core.oci.registry import Credentials, RegistryClient
     from forge.core.session import Session
     from forge.core.workspace import Workspace
 
@@ -114,14 +130,34 @@ class PushStats:
         self.bytes += other.bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CacheSettings:
-    """Where the remote cache is and what this build may do with it."""
+    """Where the remote cache is and what this build may do with it. ``settings_for``
+    takes credentials out of the URL into ``credentials``; the repr redacts both."""
 
     url: str
     read: bool = True
     write: bool = False
     insecure: bool = False
+    credentials: Credentials | None = None
+
+    def __repr__(self) -> str:
+        from forge.core.oci.registry import redact_url
+
+        login = f", credentials of user {self.credentials.user!r}" if self.credentials else ""
+        return (f"CacheSettings({redact_url(self.url)!r}, read={self.read}, write={self.write}, "
+                f"insecure={self.insecure}{login})")
+
+
+@dataclass(frozen=True)
+class CacheLocation:
+    """A parsed remote cache URL: registry host, repository, plain HTTP (None: decide by
+    host) and the credentials the URL carried (already out of every string)."""
+
+    host: str
+    repo: str
+    insecure: bool | None
+    credentials: Credentials | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -154,29 +190,94 @@ def settings_for(workspace: Workspace, options: dict[str, Any]) -> CacheSettings
     if not url or not (read or write):
         return None
     insecure = bool(options.get("insecure") or section.get("insecure", False))
-    return CacheSettings(url, bool(read), bool(write), insecure)
+    credentials = parse_url(url).credentials  # checks the URL, showing it redacted if not
+    if credentials is not None:
+        url = take_credentials(url)[0]
+    return CacheSettings(url, bool(read), bool(write), insecure, credentials)
 
 
-def split_url(url: str) -> tuple[str, str, bool | None]:
-    """``[scheme://]host/repository`` -> (host, repository, insecure or None for auto)."""
-    from forge.core.oci.registry import parse_reference
+def take_credentials(url: str) -> tuple[str, Credentials | None]:
+    """``url`` without its ``user:password@`` part, and that part as Credentials."""
+    from forge.core.oci.registry import Credentials, redact_url, split_credentials
 
-    scheme, sep, rest = url.partition("://")
+    bare, user, password = split_credentials(url)
+    if user is None:
+        return url, None
+    if not user or not password:
+        raise ConfigError(
+            f"remote cache URL {redact_url(url)!r} has a user part but no user:password; give "
+            "both (percent-encoded), or log in with `docker login HOST` and leave the URL bare")
+    return bare, Credentials(user, password, "the remote cache URL")
+
+
+def parse_url(url: str) -> CacheLocation:
+    """``[scheme://][user:password@]host/repository`` -> its CacheLocation. Every message
+    shows the URL redacted."""
+    from forge.core.oci.registry import parse_reference, redact_url
+
+    shown = redact_url(url)
+    bare, credentials = take_credentials(url)
+    scheme, sep, rest = bare.partition("://")
     if not sep:
-        scheme, rest = "", url
+        scheme, rest = "", bare
     if scheme not in ("", "oci", "http", "https"):
-        raise ConfigError(f"remote cache URL {url!r}: scheme {scheme!r} is not one of oci://, http://, https://")
+        raise ConfigError(f"remote cache URL {shown!r}: scheme {scheme!r} is not one of oci://, http://, https://")
     try:
         ref = parse_reference(rest.rstrip("/"))
     except RegistryError as exc:
-        raise ConfigError(f"remote cache URL {url!r}: {exc}") from None
+        raise ConfigError(f"remote cache URL {shown!r}: {exc}") from None
     if ref.tag or ref.digest:
         raise ConfigError(
-            f"remote cache URL {url!r} names a tag or digest; give the repository only "
+            f"remote cache URL {shown!r} names a tag or digest; give the repository only "
             f"(e.g. {ref.registry}/{ref.repository}): forge tags it with action keys"
         )
     insecure = {"http": True, "https": False}.get(scheme)
-    return ref.registry, ref.repository, insecure
+    return CacheLocation(ref.registry, ref.repository, insecure, credentials)
+
+
+def split_url(url: str) -> tuple[str, str, bool | None]:
+    """``[scheme://][user:password@]host/repository`` -> (host, repository, insecure or
+    None for auto); see ``parse_url`` for the credentials."""
+    loc = parse_url(url)
+    return loc.host, loc.repo, loc.insecure
+
+
+def _scrubbing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a backend method so that no exception leaves it carrying a secret (see
+    ``scrub_exception``)."""
+
+    @functools.wraps(method)
+    def scrubbed(self: OciCache, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            clean = scrub_exception(exc, self._scrub)
+            if clean is exc:
+                raise
+            raise clean from None
+
+    return scrubbed
+
+
+def scrub_exception(exc: BaseException, scrub: Callable[[str], str]) -> BaseException:
+    """``exc`` with every secret ``scrub`` knows taken out of its message (its args are
+    rewritten in place), or a RemoteCacheError with the scrubbed message when the type
+    builds its message some other way. A chain of causes that carries a secret is cut."""
+    chain, link = [], exc.__cause__ or exc.__context__
+    while link is not None and len(chain) < 20:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any(scrub(str(e)) != str(e) for e in chain):
+        exc.__cause__, exc.__suppress_context__ = None, True
+    text = str(exc)
+    clean = scrub(text)
+    if clean == text:
+        return exc
+    if type(exc).__str__ is BaseException.__str__:
+        exc.args = tuple(scrub(a) if isinstance(a, str) else a for a in exc.args)
+        if scrub(str(exc)) == str(exc):
+            return exc
+    return RemoteCacheError(clean)
 
 
 class OciCache:
@@ -185,25 +286,36 @@ class OciCache:
     def __init__(self, settings: CacheSettings, client: RegistryClient | None = None):
         from forge.core.oci.registry import RegistryClient
 
-        host, self.repo, insecure = split_url(settings.url)
+        loc = parse_url(settings.url)
+        self.repo = loc.repo
+        insecure = loc.insecure
         if insecure is None and settings.insecure:
             insecure = True
         self.settings = settings
         self.readable = settings.read
         self.writable = settings.write
-        self.client = client or RegistryClient(host, insecure=insecure)
+        credentials = settings.credentials or loc.credentials
+        self.client = client or RegistryClient(loc.host, insecure=insecure, credentials=credentials)
         self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self._lock = threading.Lock()
         self._present: set[str] = set()  # blobs known to be in the repository
         self._blob_locks: dict[str, threading.Lock] = {}
 
     def describe(self) -> str:
+        """``host/repo``: never credentials (they left the URL when it was parsed)."""
         return f"{self.client.host}/{self.repo}"
+
+    def _scrub(self, text: str) -> str:
+        from forge.core.oci.registry import scrub
+
+        client_scrub = getattr(self.client, "_scrub", None)
+        return client_scrub(text) if client_scrub else scrub(text)
 
     def __repr__(self) -> str:
         mode = "read-write" if self.writable else "read-only"
         return f"OciCache({self.describe()!r}, {mode})"
 
+    @_scrubbing
     def ping(self) -> str:
         """Check the registry answers and lets us in (``forge doctor``)."""
         with self._request():  # GET /v2/ (reachable? credentials?) then a HEAD in the repository
@@ -212,6 +324,7 @@ class OciCache:
         return f"reachable ({mode})"
 
     # -- reading ------------------------------------------------------------------------
+    @_scrubbing
     def lookup(self, key: str, cas: CAS) -> ActionResult | None:
         """The result stored under ``key`` with all its blobs in ``cas``, or None (a miss).
 
@@ -233,6 +346,7 @@ class OciCache:
             raise RemoteEntryInvalid(f"{where}: blob(s) {', '.join(missing)} did not arrive")
         return entry.result
 
+    @_scrubbing
     def entry(self, key: str) -> Entry | None:
         """Read and check the manifest and record under ``key``: None when there is no tag
         or it holds another tool's (or forge version's) artifact, RemoteEntryInvalid when it
@@ -321,6 +435,7 @@ class OciCache:
         """Store ``result`` under ``key`` (the scheduler calls this after a build)."""
         self.push(key, result, cas)
 
+    @_scrubbing
     def push(self, key: str, result: ActionResult, cas: CAS) -> PushStats:
         """Upload the blobs the repository lacks, the record, then the tagged manifest.
 

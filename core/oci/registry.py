@@ -13,9 +13,23 @@ uploads. forge adds only what it lacks or gets wrong for this use:
 - the registry is pinged first, so "unreachable" and "wrong credentials" are one clear
   error each, naming the registry and never the password.
 
-Credentials come from ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
-(``auths.<host>.auth``, or a ``credHelpers``/``credsStore`` helper). Plain HTTP is used
-for loopback hosts (127.0.0.1, localhost, ::1) unless ``insecure`` says otherwise.
+Credentials are given to the client (``credentials=``, e.g. those of a remote cache URL)
+or come from ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
+(``auths.<host>.auth``, ``username``/``password``, or a ``credHelpers``/``credsStore``
+helper). Plain HTTP is used for loopback hosts (127.0.0.1, localhost, ::1) unless
+``insecure`` says otherwise.
+
+No secret is ever printed. A password, an ``auth`` string, an identity token or a
+helper's answer never enters a message: a malformed Docker config is reported by file,
+registry key and field (``auths["host"].auth is not base64 of user:password``), never
+by value, and a credential helper's output and stderr are not echoed. Text forge does not
+write itself (requests' and oras' exception messages, a registry's error bodies) goes
+through ``RegistryClient._scrub``, which replaces every secret the client knows (and its
+base64 and percent-encoded forms) with ``***`` and the user part of any URL in it with
+``user:***@``. An image reference (``forge push``, ``oci_pull``) cannot carry credentials
+(``user:pw@host/repo`` is refused with the password redacted); ``redact_url`` and
+``split_credentials`` are the one place a ``[scheme://][user[:password]@]host/…`` string
+is taken apart.
 
 Everything pulled is verified before it gets a name in the CAS (``CAS.writer(expected=)``);
 a manifest is stored after its config and layers, so a manifest in the CAS means the
@@ -25,15 +39,18 @@ whole image is there. A pull that fails stores no manifest, no config, no bad bl
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import oras.auth
 import oras.container
@@ -104,8 +121,98 @@ class Reference:
         return out
 
 
+# -- credentials in URLs: taken apart in one place, never shown ----------------------------
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_DIGEST = re.compile(r"(?:sha256|sha384|sha512|blake3):[A-Za-z0-9=_-]*")
+_HOSTISH = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]+)?(?=/|$)")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@'\"]*)"
+                           r"(?P<password>:[^/\s@'\"]*)?@")
+MIN_SCRUBBED = 4  # shorter secrets are not searched for in foreign text (it would be noise)
+
+
+def _split_userinfo(text: str) -> tuple[str, str | None, str]:
+    """``[scheme://][userinfo@]rest`` -> (``scheme://`` or "", userinfo or None, rest).
+
+    The userinfo ends at the last ``@`` that is not a digest's (``…/repo@sha256:…``), so
+    an unencoded ``@`` or ``/`` in a password still counts as password. An ``@`` after
+    the first ``/`` counts only when what follows looks like a host (``host[:port]/…``,
+    or a name with a dot or port), so ``host/repo@latest`` stays an ordinary, if wrong,
+    reference.
+    """
+    m = _SCHEME.match(text)
+    prefix = m.group(0) if m else ""
+    body = text[len(prefix):]
+    tail = ""
+    at = body.rfind("@")
+    if at >= 0 and "/" in body[:at] and _DIGEST.fullmatch(body[at + 1:]):  # host/repo@sha256:…
+        body, tail = body[:at], body[at:]
+    at = body.rfind("@")
+    if at < 0:
+        return prefix, None, body + tail
+    before, after = body[:at], body[at + 1:]
+    if "/" in before:
+        host = _HOSTISH.match(after)
+        if host is None or not (after[host.end():].startswith("/") or "." in host.group(0)
+                                or ":" in host.group(0) or host.group(0) == "localhost"):
+            return prefix, None, body + tail
+    return prefix, before, after + tail
+
+
+def split_credentials(text: str) -> tuple[str, str | None, str | None]:
+    """``[scheme://][user[:password]@]host/…`` -> (the text without ``user[:password]@``,
+    the user, the password), both percent-decoded; (text, None, None) when it has none."""
+    prefix, userinfo, rest = _split_userinfo(text)
+    if userinfo is None:
+        return text, None, None
+    user, sep, password = userinfo.partition(":")
+    return prefix + rest, unquote(user), unquote(password) if sep else None
+
+
+def redact_url(text: str) -> str:
+    """The URL or reference as it may be shown: ``user:***@host/…`` (``***@host/…`` when
+    there is a user part but no password: that lone part may well be a token)."""
+    prefix, userinfo, rest = _split_userinfo(text)
+    if userinfo is None:
+        return text
+    user, sep, _ = userinfo.partition(":")
+    return f"{prefix}{user}:***@{rest}" if sep else f"{prefix}***@{rest}"
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` (a message forge did not write) with every one of ``secrets`` replaced by
+    ``***`` and the user part of every ``scheme://user:password@`` URL in it redacted."""
+    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SCRUBBED}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+
+    def userinfo(m: re.Match) -> str:
+        if m.group("password") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        return f"{m.group('scheme')}***@"
+
+    return _URL_USERINFO.sub(userinfo, text)
+
+
+def secret_forms(user: str, password: str) -> tuple[str, ...]:
+    """The ways a password can show up in text: as is, percent-encoded, and inside the
+    base64 ``user:password`` of a Basic header or a Docker config ``auth``."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return (password, quote(password, safe=""), basic, basic.rstrip("="))
+
+
 def parse_reference(ref: str) -> Reference:
-    """Parse ``host/repo[:tag][@sha256:...]``; the host is required (no implied Docker Hub)."""
+    """Parse ``host/repo[:tag][@sha256:...]``; the host is required (no implied Docker Hub).
+
+    A reference with a user part (``user:pw@host/repo``) is refused, password redacted:
+    registries are logged into through the Docker config, never through a reference.
+    """
+    _, userinfo, rest = _split_userinfo(ref)
+    if userinfo is not None:
+        host = rest.split("/", 1)[0]
+        raise RegistryError(
+            f"{redact_url(ref)!r}: an image reference cannot carry credentials; forge logs in "
+            f"with the Docker config (run: docker login {host}) and never needs them in a name"
+        )
     name, _, digest = ref.partition("@")
     tag = None
     slash, colon = name.rfind("/"), name.rfind(":")
@@ -175,21 +282,41 @@ class _OrasRegistry(oras.provider.Registry):
 
 
 @dataclass(frozen=True)
-class _Credentials:
+class Credentials:
+    """A registry login. The password never shows in a repr or a message."""
+
     user: str
-    password: str
-    source: str  # where they came from, for messages
+    password: str = field(repr=False)
+    source: str = "the caller"  # where they came from, for messages ("the remote cache URL")
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 class RegistryClient:
-    """One registry host: blob and manifest calls, every failure a RegistryError."""
+    """One registry host: blob and manifest calls, every failure a RegistryError.
 
-    def __init__(self, host: str, insecure: bool | None = None, docker_config: Path | str | None = None):
+    ``credentials`` (e.g. taken out of a remote cache URL) are used instead of the Docker
+    config's for this host.
+    """
+
+    def __init__(self, host: str, insecure: bool | None = None, docker_config: Path | str | None = None,
+                 *, credentials: Credentials | None = None):
         self.host = host
         self.api_host = "registry-1.docker.io" if host in _DOCKER_HUB else host
         self.insecure = _is_loopback(host) if insecure is None else insecure
         self.scheme = "http" if self.insecure else "https"
         self._docker_config = docker_config
+        self._given = credentials
+        self._secrets: set[str] = set()  # what _scrub removes from foreign text
+        if credentials is not None:
+            self._secrets.update(secret_forms(credentials.user, credentials.password))
         self._oras = _OrasRegistry(hostname=self.api_host, insecure=self.insecure)
         adapter = _TimeoutAdapter(pool_maxsize=PUSH_THREADS * 2)
         self._oras.session.mount("http://", adapter)
@@ -200,6 +327,14 @@ class RegistryClient:
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, insecure={self.insecure})"
 
+    def _reason(self, e: Exception) -> str:
+        return self._scrub(_reason(e))
+
+    def _scrub(self, text: str) -> str:
+        """Foreign text (an exception of requests or oras, a registry's error body) with
+        every secret this client knows removed; see ``scrub``."""
+        return scrub(text, self._secrets)
+
     # -- connection and credentials ----------------------------------------------------
     def _config_path(self) -> Path:
         if self._docker_config is not None:
@@ -208,44 +343,114 @@ class RegistryClient:
         base = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
         return Path(base) / "config.json"
 
-    def _credentials(self) -> _Credentials | None:
+    def _credentials(self) -> Credentials | None:
+        """The login for this host: the given credentials, else the Docker config's.
+
+        A malformed config is a RegistryError naming the file, the registry key and the
+        field, never a value: the file holds secrets, and so may a mistyped field.
+        """
+        if self._given is not None:
+            return self._given
         path = self._config_path()
         try:
-            config = json.loads(path.read_text())
+            config = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except ValueError as e:
-            raise RegistryError(f"{path} is not JSON: {e}") from None
+        except OSError as e:
+            raise RegistryError(f"cannot read the Docker config {path}: {e.strerror or type(e).__name__}") from None
+        except (ValueError, RecursionError) as e:
+            where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+            raise RegistryError(f"the Docker config {path} is not JSON{where}") from None
+        if not isinstance(config, dict):
+            raise RegistryError(f"the Docker config {path} is {_json_type(config)}, expected an object")
         names = {self.host, self.api_host}
         if self.host in _DOCKER_HUB:
             names.add("https://index.docker.io/v1/")
-        for key, entry in (config.get("auths") or {}).items():
+        auths = config.get("auths")
+        if auths is None:
+            auths = {}
+        if not isinstance(auths, dict):
+            raise RegistryError(f"{path}: \"auths\" is {_json_type(auths)}, expected an object of "
+                                "registry -> credentials")
+        for key, entry in auths.items():
             bare = key.split("://", 1)[-1].split("/", 1)[0]
             if key in names or bare in names:
-                if entry.get("username") and entry.get("password"):
-                    return _Credentials(entry["username"], entry["password"], str(path))
-                if entry.get("auth"):
-                    try:
-                        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                    except ValueError:
-                        raise RegistryError(f"{path}: auths.{key}.auth is not base64 of user:password") from None
-                    return _Credentials(user, password, str(path))
-        helper = (config.get("credHelpers") or {}).get(self.host) or config.get("credsStore")
-        return self._helper_credentials(helper, path) if helper else None
+                creds = self._entry_credentials(path, key, entry)
+                if creds is not None:
+                    return creds
+        helpers = config.get("credHelpers")
+        if helpers is not None and not isinstance(helpers, dict):
+            raise RegistryError(f"{path}: \"credHelpers\" is {_json_type(helpers)}, expected an object "
+                                "of registry -> helper name")
+        helper = (helpers or {}).get(self.host)
+        where = f'credHelpers["{redact_url(self.host)}"]'
+        if helper is None:
+            helper, where = config.get("credsStore"), "credsStore"
+        if helper is None or helper == "":
+            return None
+        if not isinstance(helper, str) or not _HELPER_NAME.fullmatch(helper):
+            raise RegistryError(f"{path}: {where} is not a credential helper name "
+                                "(docker-credential-<name> is run)")
+        return self._helper_credentials(helper, path)
 
-    def _helper_credentials(self, helper: str, path: Path) -> _Credentials | None:
+    def _entry_credentials(self, path: Path, key: str, entry: object) -> Credentials | None:
+        """The credentials of one ``auths`` entry; None when it has none (a helper has them)."""
+        where = f'{path}: auths["{redact_url(key)}"]'
+        if not isinstance(entry, dict):
+            raise RegistryError(f"{where} is {_json_type(entry)}, expected an object such as "
+                                f'{{"auth": "<base64 of user:password>"}} (run: docker login {self.host})')
+        user, password = entry.get("username"), entry.get("password")
+        for name, value in (("username", user), ("password", password)):
+            if value is not None and not isinstance(value, str):
+                raise RegistryError(f"{where}.{name} is {_json_type(value)}, expected a string")
+        if password:
+            self._secrets.update(secret_forms(user or "", password))
+        if user and password:
+            return Credentials(user, password, str(path))
+        auth = entry.get("auth")
+        token = entry.get("identitytoken")
+        if isinstance(token, str) and token:
+            self._secrets.add(token)
+        if isinstance(auth, str):
+            self._secrets.update({auth, auth.rstrip("=")})
+        if auth:
+            try:
+                if not isinstance(auth, str):
+                    raise ValueError
+                user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
+            except (ValueError, binascii.Error):
+                raise RegistryError(f"{where}.auth is not base64 of user:password") from None
+            if sep and user and password:
+                self._secrets.update(secret_forms(user, password))
+                return Credentials(user, password, str(path))
+            if not (sep and user and token):
+                raise RegistryError(f"{where}.auth is not base64 of user:password")
+        if token:
+            raise RegistryAuthError(
+                f"{where} holds an identity token (OAuth refresh token), which forge cannot use; "
+                f"log in with a password or access token instead (docker login -u USER {self.host})")
+        return None
+
+    def _helper_credentials(self, helper: str, path: Path) -> Credentials | None:
+        """Ask ``docker-credential-<helper> get``; its output and stderr are never shown."""
         binary = f"docker-credential-{helper}"
         try:
             proc = subprocess.run([binary, "get"], input=self.host.encode(), capture_output=True, timeout=30)
-        except (FileNotFoundError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired):
             raise RegistryAuthError(f"{path} names credential helper {binary}, which cannot be run") from None
         if proc.returncode != 0:
             return None  # the helper has nothing for this host
         try:
             payload = json.loads(proc.stdout)
-            return _Credentials(payload["Username"], payload["Secret"], binary)
-        except (ValueError, KeyError):
-            raise RegistryAuthError(f"{binary} answered for {self.host} with something not JSON") from None
+            user, secret = payload["Username"], payload["Secret"]
+            if not (isinstance(user, str) and isinstance(secret, str) and secret):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, RecursionError):
+            self._secrets.add(proc.stdout.decode(errors="replace").strip())
+            raise RegistryAuthError(f"{binary} answered for {self.host} with something that is not "
+                                    '{"Username": …, "Secret": …} JSON') from None
+        self._secrets.update(secret_forms(user, secret))
+        return Credentials(user, secret, binary)
 
     def _ensure_ready(self) -> None:
         """Ping ``/v2/`` once: reachable? which auth? credentials accepted?"""
@@ -260,9 +465,9 @@ class RegistryClient:
         try:
             response = session.get(url, timeout=(CONNECT_TIMEOUT, 30))
         except requests.exceptions.SSLError as e:
-            raise RegistryError(f"TLS with registry {self.host} failed ({e}); a plain-HTTP registry needs insecure=True") from None
+            raise RegistryError(f"TLS with registry {self.host} failed ({self._scrub(str(e))}); a plain-HTTP registry needs insecure=True") from None
         except requests.RequestException as e:
-            raise RegistryError(f"cannot reach registry {self.host} at {url}: {_reason(e)}") from None
+            raise RegistryError(f"cannot reach registry {self.host} at {url}: {self._reason(e)}") from None
         if response.status_code == 200:
             return
         if response.status_code != 401:
@@ -277,17 +482,20 @@ class RegistryClient:
                 f"registry {self.host} requires a login and {self._config_path()} has none for it "
                 f"(run: docker login {self.host})"
             )
-        if scheme == "basic":
-            backend = oras.auth.get_auth_backend("basic", session, self.insecure)
-            backend.set_basic_auth(creds.user, creds.password)
-            ok = session.get(url, headers=backend.get_auth_header()).status_code == 200
-        elif scheme == "bearer":
-            backend = oras.auth.get_auth_backend("token", session, self.insecure)
-            backend.set_basic_auth(creds.user, creds.password)
-            headers, changed = backend.authenticate_request(response, {})
-            ok = changed and session.get(url, headers=headers).status_code == 200
-        else:
+        if scheme not in ("basic", "bearer"):
             raise RegistryAuthError(f"registry {self.host} asks for {scheme or 'unknown'} auth, which forge does not speak")
+        try:
+            if scheme == "basic":
+                backend = oras.auth.get_auth_backend("basic", session, self.insecure)
+                backend.set_basic_auth(creds.user, creds.password)
+                ok = session.get(url, headers=backend.get_auth_header()).status_code == 200
+            else:
+                backend = oras.auth.get_auth_backend("token", session, self.insecure)
+                backend.set_basic_auth(creds.user, creds.password)
+                headers, changed = backend.authenticate_request(response, {})
+                ok = changed and session.get(url, headers=headers).status_code == 200
+        except requests.RequestException as e:
+            raise RegistryError(f"login to registry {self.host} failed: {self._reason(e)}") from None
         if not ok:
             raise RegistryAuthError(f"registry {self.host} refused the credentials of user {creds.user!r} from {creds.source}")
         self._oras.auth = backend
@@ -304,13 +512,13 @@ class RegistryClient:
         try:
             response = self._oras.do_request(url, method, **kwargs)
         except requests.RequestException as e:
-            raise RegistryError(f"{what}: registry {self.host} failed: {_reason(e)}") from None
+            raise RegistryError(f"{what}: registry {self.host} failed: {self._reason(e)}") from None
         except ValueError as e:  # oras: "Cannot respond to request for authentication."
-            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({e})") from None
+            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({self._scrub(str(e))})") from None
         return response
 
     def _fail(self, what: str, response: requests.Response) -> RegistryHTTPError:
-        detail = _registry_errors(response)
+        detail = self._scrub(_registry_errors(response))
         cls = RegistryAuthError if response.status_code in (401, 403) else RegistryHTTPError
         return cls(f"{what}: registry {self.host} answered HTTP {response.status_code}{detail}",
                    response.status_code, _error_codes(response))
@@ -353,9 +561,9 @@ class RegistryClient:
             else:
                 response = self._oras.chunked_upload(str(cas.path(digest)), container, layer, chunk_size=UPLOAD_CHUNK)
         except requests.RequestException as e:
-            raise RegistryError(f"{what} failed: {_reason(e)}") from None
+            raise RegistryError(f"{what} failed: {self._reason(e)}") from None
         except ValueError as e:  # oras: no upload session location, or a failed chunk
-            raise RegistryError(f"{what} failed: {e}") from None
+            raise RegistryError(f"{what} failed: {self._scrub(str(e))}") from None
         if response.status_code != 201:
             raise self._fail(what, response)
         return True
@@ -380,9 +588,9 @@ class RegistryClient:
         except BlobMissing as e:
             raise ContentMismatch(f"{what}: the registry sent other content ({e})") from None
         except requests.RequestException as e:
-            raise RegistryError(f"{what} failed: {_reason(e)}") from None
+            raise RegistryError(f"{what} failed: {self._reason(e)}") from None
         except ValueError as e:  # oras: "Cannot respond to request for authentication."
-            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({e})") from None
+            raise RegistryAuthError(f"{what}: registry {self.host} refused access ({self._scrub(str(e))})") from None
 
     def read_blob(self, repo: str, digest: str) -> bytes:
         """A small blob (a config) into memory, verified, not stored."""
@@ -418,7 +626,7 @@ class RegistryClient:
         what = f"manifest {self.host}/{repo}{'@' if ref.startswith('sha256:') else ':'}{ref}"
         response = self._request(what, self._api(repo, "manifests", ref), headers={"Accept": ", ".join(ACCEPT)})
         if response.status_code == 404:
-            raise ManifestUnknown(f"{what} does not exist{_registry_errors(response)}", 404,
+            raise ManifestUnknown(f"{what} does not exist{self._scrub(_registry_errors(response))}", 404,
                                   _error_codes(response))
         if response.status_code != 200:
             raise self._fail(what, response)

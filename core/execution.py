@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import blake3
 import networkx as nx
 
 from forge.core.action_cache import ActionCache
@@ -192,7 +193,7 @@ class Scheduler:
         manifest = key_manifest(action, inputs, deps)
         key = action_key(manifest)
         self.manifests[action.id] = {
-            "key": key, "manifest": manifest, "label": str(action.label),
+            "key": key, "manifest": shown_manifest(manifest), "label": str(action.label),
             "deps": [d.id for d in action.deps],
         }
         return key
@@ -463,6 +464,18 @@ class Scheduler:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n".join(lines) + "\n")
+
+
+def shown_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The key manifest as written to keys.json and shown by ``forge explain``: build-arg
+    values (often tokens from args files) appear as hashes, so a change is still named
+    ("parameter 'build_args' changed") but no value is ever written out."""
+    params = manifest.get("params") or {}
+    if not isinstance(params.get("build_args"), dict):
+        return manifest
+    hidden = {k: "blake3:" + blake3.blake3(str(v).encode()).hexdigest()[:16]
+              for k, v in params["build_args"].items()}
+    return {**manifest, "params": {**params, "build_args": hidden}}
 
 
 def raise_for_failures(outcomes: dict[Action, Outcome]) -> None:

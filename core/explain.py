@@ -16,7 +16,7 @@ def diff_manifests(old: dict[str, Any] | None, new: dict[str, Any], dep_names: l
     if old is None:
         return ["never built before in this workspace"]
     reasons: list[str] = []
-    for field in ("mnemonic", "version", "platform", "hermetic"):
+    for field in ("format", "mnemonic", "version", "platform", "epoch", "hermetic"):
         if old.get(field) != new.get(field):
             reasons.append(f"{field} changed: {old.get(field)!r} -> {new.get(field)!r}")
     old_params, new_params = old.get("params", {}), new.get("params", {})

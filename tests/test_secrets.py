@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -42,7 +43,7 @@ from forge.plugins.oci_cache import (
     settings_for,
 )
 from tests.remote.conftest import free_port, tags, unique_repo
-from tests.services import AUTH_PASSWORD, AUTH_USER, require_auth_registry
+from tests.services import AUTH_PASSWORD, AUTH_USER, require_auth_registry, testdata
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = '[plugins]\nmodules = ["tests.core.fake_rules"]\n'
@@ -360,3 +361,27 @@ def test_docker_config_values_are_never_shown(lab, tmp_path):
         assert verbose.code == 1 and expected in verbose.stderr
     assert tags(host, repo, auth=(user, password)) is None
     lab.assert_nothing_leaked()
+
+
+def test_build_arg_values_are_never_written_to_keys_json(forge_workspace, docker_client):
+    """An args file often holds tokens: keys.json and `forge explain` show its values as
+    hashes (a change is still named), and a malformed line is never echoed."""
+    secret = planted("args-token")
+    ws = forge_workspace({
+        "p/BUILD": 'oci_import(name = "base", src = "busybox-amd64.tar", platform = "amd64")\n'
+                   'dockerfile(name = "t", base = ":base", args_file = "t-args")\n',
+        "p/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TOKEN\nLABEL built=yes\n",
+        "p/t-args": f"TOKEN={secret}\n",
+    })
+    shutil.copy(testdata("busybox-amd64.tar"), ws.root / "p/busybox-amd64.tar")
+    out = ws.run("build", "//p:t", "--json").assert_success()
+    keys = (ws.root / "forge-out/.forge/keys.json").read_text()
+    assert "build_args" in keys and secret not in keys
+    (ws.root / "p/t-args").write_text(f"TOKEN={secret}-2\n")
+    explained = ws.run("explain", "//p:t")
+    assert "build_args" in explained.stdout + explained.stderr
+    assert secret not in explained.stdout + explained.stderr
+    (ws.root / "p/t-args").write_text(f"# a comment\n{secret} without an equals sign\n")
+    bad = ws.run("build", "//p:t", "--json").assert_failure(2)
+    assert "p/t-args:2: expected KEY=VALUE" in bad.stderr
+    assert secret not in bad.stdout + bad.stderr + out.stdout

@@ -56,7 +56,7 @@ def forge_register_executors(registry: ExecutorRegistry) -> None:
     """Called at start-up so the plugin can add executors (what runs containers).
 
     :param registry: call ``registry.add(name, factory)``; ``factory(workspace)``
-        returns the executor object, created lazily on first use.
+        returns a ``forge.Executor``, created lazily on first use.
     :returns: nothing.
     """
 
@@ -87,8 +87,8 @@ def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[A
     :param workspace: the loaded workspace; ``[remote_cache]`` is in its sections.
     :param options: command-line overrides: ``url``, ``read``, ``write``, ``enabled``,
         ``required``, ``insecure``.
-    :returns: a list of objects with ``lookup(key, cas) -> ActionResult | None``,
-        ``upload(key, result, cas)`` and ``describe() -> str``, or None.
+    :returns: a list of ``forge.RemoteCache`` backends (``lookup``, ``upload``, ``ping``,
+        ``describe``, ``writable``), or None.
     """
 
 

@@ -17,6 +17,11 @@ Write a plugin in five lines::
 
 then list the module under ``[plugins] modules`` in WORKSPACE.toml, or expose it in the
 ``forge`` entry-point group of your package. This package is the whole public surface.
+
+An image rule composes immutable ``forge.Image`` values (``append_layers``, ``with_config``,
+``write_layer``) and returns ``forge.image_result(rc, image)``; an executor or remote cache
+implements ``forge.Executor`` / ``forge.RemoteCache``; ``forge.oci`` (registries,
+importers, media types) and ``forge.elf`` (a static ldd) are namespaces.
 """
 
 from __future__ import annotations
@@ -33,22 +38,21 @@ __version__ = "0.1.0"
 # Names resolve on first use (PEP 562) so that `forge --version` does not import the
 # engine (networkx, blake3, starlark).
 _LAZY = {
+    # rules, attributes, actions and providers
     "attr": ("forge.core.attrs", None),
     "Action": ("forge.core.actions", "Action"),
     "ActionResult": ("forge.core.actions", "ActionResult"),
     "Descriptor": ("forge.core.cas", "Descriptor"),
     "SourceFile": ("forge.core.actions", "SourceFile"),
-    "ActionFailed": ("forge.core.errors", "ActionFailed"),
-    "AnalysisError": ("forge.core.errors", "AnalysisError"),
-    "BuildFileError": ("forge.core.errors", "BuildFileError"),
-    "ConfigError": ("forge.core.errors", "ConfigError"),
-    "ExecutorError": ("forge.core.errors", "ExecutorError"),
-    "ForgeError": ("forge.core.errors", "ForgeError"),
-    "PlatformError": ("forge.core.errors", "PlatformError"),
-    "RemoteCacheError": ("forge.core.errors", "RemoteCacheError"),
+    "canonical_json": ("forge.core.actions", "canonical_json"),
+    "CAS": ("forge.core.cas", "CAS"),
     "RunContext": ("forge.core.execution", "RunContext"),
+    "raise_for_failures": ("forge._documented", "raise_for_failures"),
+    "Label": ("forge.core.labels", "Label"),
+    "parse_label": ("forge.core.labels", "parse_label"),
     "Platform": ("forge.core.platforms", "Platform"),
     "parse_platform": ("forge.core.platforms", "parse_platform"),
+    "host_platform": ("forge._documented", "host_platform"),
     "DefaultInfo": ("forge.core.providers", "DefaultInfo"),
     "ImageInfo": ("forge.core.providers", "ImageInfo"),
     "IndexInfo": ("forge.core.providers", "IndexInfo"),
@@ -57,6 +61,46 @@ _LAZY = {
     "AnalysisContext": ("forge.core.rule", "AnalysisContext"),
     "ConfiguredTarget": ("forge.core.rule", "ConfiguredTarget"),
     "Rule": ("forge.core.rule", "Rule"),
+    "Workspace": ("forge.core.workspace", "Workspace"),
+    # errors (all ForgeError: the CLI prints them without a traceback)
+    "ActionFailed": ("forge.core.errors", "ActionFailed"),
+    "AnalysisError": ("forge.core.errors", "AnalysisError"),
+    "BuildFileError": ("forge.core.errors", "BuildFileError"),
+    "CacheError": ("forge.core.errors", "CacheError"),
+    "ConfigError": ("forge.core.errors", "ConfigError"),
+    "ExecutorError": ("forge.core.errors", "ExecutorError"),
+    "ForgeError": ("forge.core.errors", "ForgeError"),
+    "PlatformError": ("forge.core.errors", "PlatformError"),
+    "RegistryError": ("forge.core.errors", "RegistryError"),
+    "RemoteCacheError": ("forge.core.errors", "RemoteCacheError"),
+    "RemoteEntryInvalid": ("forge.core.errors", "RemoteEntryInvalid"),
+    "UsageError": ("forge.core.errors", "UsageError"),
+    "did_you_mean": ("forge.core.errors", "did_you_mean"),
+    # contracts for executor and remote cache plugins
+    "Executor": ("forge.contracts", "Executor"),
+    "RemoteCache": ("forge.contracts", "RemoteCache"),
+    # images: immutable values, operations return new ones
+    "Image": ("forge.core.oci.image", "Image"),
+    "Layer": ("forge.core.oci.image", "Layer"),
+    "Index": ("forge.core.oci.image", "Index"),
+    "EMPTY_IMAGE": ("forge.core.oci.image", "EMPTY_IMAGE"),
+    "append_layers": ("forge.core.oci.image", "append_layers"),
+    "with_config": ("forge.core.oci.image", "with_config"),
+    "make_index": ("forge.core.oci.image", "make_index"),
+    "store_image": ("forge.core.oci.image", "store_image"),
+    "load_image": ("forge._documented", "load_image"),
+    "LayerEntry": ("forge.core.oci.layer_writer", "LayerEntry"),
+    "entries_from_files": ("forge.core.oci.layer_writer", "entries_from_files"),
+    "write_layer": ("forge.core.oci.layer_writer", "write_layer"),
+    # images as action results
+    "image_result": ("forge.core.oci.results", "image_result"),
+    "image_descriptors": ("forge.core.oci.results", "image_descriptors"),
+    "dep_image": ("forge.core.oci.results", "dep_image"),
+    "materialize_image": ("forge.core.oci.results", "materialize_image"),
+    "image_platform": ("forge.core.oci.results", "image_platform"),
+    # namespaces: registries, importers, media types; the static ldd
+    "oci": ("forge.oci", None),
+    "elf": ("forge.elf", None),
 }
 
 __all__ = ["hookimpl", *_LAZY]
@@ -74,20 +118,48 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from forge import elf, oci  # noqa: F401
+    from forge._documented import host_platform, load_image, raise_for_failures  # noqa: F401
+    from forge.contracts import Executor, RemoteCache  # noqa: F401
     from forge.core import attrs as attr  # noqa: F401
-    from forge.core.actions import Action, ActionResult, SourceFile  # noqa: F401
-    from forge.core.cas import Descriptor  # noqa: F401
+    from forge.core.actions import Action, ActionResult, SourceFile, canonical_json  # noqa: F401
+    from forge.core.cas import CAS, Descriptor  # noqa: F401
     from forge.core.errors import (  # noqa: F401
         ActionFailed,
         AnalysisError,
         BuildFileError,
+        CacheError,
         ConfigError,
         ExecutorError,
         ForgeError,
         PlatformError,
+        RegistryError,
         RemoteCacheError,
+        RemoteEntryInvalid,
+        UsageError,
+        did_you_mean,
     )
     from forge.core.execution import RunContext  # noqa: F401
+    from forge.core.labels import Label, parse_label  # noqa: F401
+    from forge.core.oci.image import (  # noqa: F401
+        EMPTY_IMAGE,
+        Image,
+        Index,
+        Layer,
+        append_layers,
+        make_index,
+        store_image,
+        with_config,
+    )
+    from forge.core.oci.layer_writer import LayerEntry, entries_from_files, write_layer  # noqa: F401
+    from forge.core.oci.results import (  # noqa: F401
+        dep_image,
+        image_descriptors,
+        image_platform,
+        image_result,
+        materialize_image,
+    )
     from forge.core.platforms import Platform, parse_platform  # noqa: F401
     from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo, LayerInfo, provider  # noqa: F401
     from forge.core.rule import AnalysisContext, ConfiguredTarget, Rule  # noqa: F401
+    from forge.core.workspace import Workspace  # noqa: F401

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import forge
-from forge.core.errors import ActionFailed, ConfigError, ExecutorError
-from forge.core.platforms import Platform, parse_platform
 
 START_HINT = (
     "start one with `scripts/services.sh` (as root: `dockerd --bridge=none --iptables=false &`), "
@@ -30,20 +28,21 @@ START_HINT = (
 )
 
 
-def _hosts(workspace: Any) -> dict[Platform, str]:
+def _hosts(workspace: Any) -> dict[forge.Platform, str]:
     table = workspace.section("executors").get("docker", {})
     unknown = set(table) - {"hosts"}
     if unknown:
-        raise ConfigError(f"WORKSPACE.toml [executors.docker]: unknown key '{sorted(unknown)[0]}'; "
+        raise forge.ConfigError(f"WORKSPACE.toml [executors.docker]: unknown key '{sorted(unknown)[0]}'; "
                           "valid keys: hosts")
     hosts = table.get("hosts", {})
     if not isinstance(hosts, dict):
-        raise ConfigError("WORKSPACE.toml [executors.docker] hosts must be a table platform = url")
-    return {parse_platform(k): v for k, v in hosts.items()}
+        raise forge.ConfigError("WORKSPACE.toml [executors.docker] hosts must be a table platform = url")
+    return {forge.parse_platform(k): v for k, v in hosts.items()}
 
 
-class DockerExecutor:
-    """One per forge process; engine clients are created lazily, one per host."""
+class DockerExecutor(forge.Executor):
+    """The ``docker`` executor (``forge.Executor``), one per forge process; engine clients
+    are created lazily, one per host. ``client()`` and ``hosts`` are Docker-specific."""
 
     def __init__(self, workspace: Any):
         self.workspace = workspace
@@ -52,15 +51,15 @@ class DockerExecutor:
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
 
-    def host_for(self, platform: Platform | None) -> str:
+    def host_for(self, platform: forge.Platform | None) -> str:
         if platform is not None and platform in self.hosts:
             return self.hosts[platform]
         return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
-    def is_native_remote(self, platform: Platform) -> bool:
+    def is_native_remote(self, platform: forge.Platform) -> bool:
         return platform in self.hosts
 
-    def client(self, platform: Platform | None) -> Any:
+    def client(self, platform: forge.Platform | None) -> Any:
         import docker
 
         host = self.host_for(platform)
@@ -70,11 +69,11 @@ class DockerExecutor:
                     client = docker.DockerClient(base_url=host, timeout=600)
                     client.ping()
                 except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
-                    raise ExecutorError(f"no Docker engine answers at {host}: {exc}; {START_HINT}") from None
+                    raise forge.ExecutorError(f"no Docker engine answers at {host}: {exc}; {START_HINT}") from None
                 self._clients[host] = client
             return self._clients[host]
 
-    def version(self, platform: Platform | None = None) -> str:
+    def version(self, platform: forge.Platform | None = None) -> str:
         info = self.client(platform).version()
         return f"{info.get('Version')} ({info.get('Os')}/{info.get('Arch')})"
 
@@ -94,10 +93,8 @@ class DockerExecutor:
                     return ref
                 except docker.errors.ImageNotFound:
                     pass
-            from forge.core.oci.docker_archive import write_docker_archive
-
             archive = rc.tempdir() / "base.tar"
-            write_docker_archive(rc.cas, image, archive, repo_tags=[ref])
+            forge.oci.write_docker_archive(rc.cas, image, archive, repo_tags=[ref])
             rc.log(f"loading base image {image.digest[:19]} into the engine")
             with open(archive, "rb") as fh:
                 client.api.load_image(fh)
@@ -105,19 +102,15 @@ class DockerExecutor:
 
     def export(self, rc: forge.RunContext, client: Any, image_id: str, base: Any) -> Any:
         """Bring an engine image back into the CAS, compressing only layers it lacks."""
-        from forge.core.oci.docker_archive import import_docker_archive
-
         archive = rc.tempdir() / "result.tar"
         with open(archive, "wb") as fh:
             for chunk in client.api.get_image(image_id, chunk_size=1 << 20):
                 fh.write(chunk)
         known = {layer.diff_id: layer for layer in base.layers} if base is not None else {}
-        return import_docker_archive(rc.cas, archive, known_layers=known)
+        return forge.oci.import_docker_archive(rc.cas, archive, known_layers=known)
 
     # -- builds --------------------------------------------------------------------------
     def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any) -> Any:
-        from forge.core.oci.image import with_config
-
         p = rc.params
         platform = rc.platform
         client = self.client(platform)
@@ -141,7 +134,7 @@ class DockerExecutor:
         tail: deque[str] = deque(maxlen=15)
         for chunk in stream:
             if rc.cancelled.is_set():
-                raise ActionFailed("cancelled")
+                raise forge.ActionFailed("cancelled")
             if "stream" in chunk:
                 for line in chunk["stream"].splitlines():
                     if line.strip():
@@ -155,14 +148,14 @@ class DockerExecutor:
                 detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                 rc.log(f"ERROR: {detail}")
                 last = "\n    ".join(list(tail)[-8:])
-                raise ActionFailed(f"{rel_dockerfile}: failed at {step or 'an unknown step'}\n"
+                raise forge.ActionFailed(f"{rel_dockerfile}: failed at {step or 'an unknown step'}\n"
                                    f"    {detail}\n  last output:\n    {last}")
         if image_id is None:
-            raise ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
+            raise forge.ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
         image = self.export(rc, client, image_id, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
-        image = with_config(image, platform=platform, epoch=rc.epoch)
+        image = forge.with_config(image, platform=platform, epoch=rc.epoch)
         # That changes the config digest, so name the engine's image after ours: the next
         # step of a chain then finds its base in the engine instead of loading it again.
         client.api.tag(image_id, engine_ref(image))

@@ -41,7 +41,7 @@ RegistryError/RemoteCacheError, and the scheduler stops using the backend for th
 Read-only mode sends no write request at all.
 
 Credentials. The registry login comes from the Docker config (``auths``, ``credHelpers``,
-``credsStore``; see ``forge.core.oci.registry``). A URL may carry one too,
+``credsStore``; see ``forge.oci.RegistryClient``). A URL may carry one too,
 ``[scheme://]user:password@host/repo`` (percent-encode ``@ : /`` in either part), for a
 CI job that gets its token as a secret: it is taken out of the URL as soon as the URL is
 read (``settings_for``, ``parse_url``), handed to the client as ``Credentials`` and used
@@ -69,23 +69,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import forge
-from forge.core.actions import ActionResult, canonical_json
-from forge.core.cas import Descriptor, sha256_digest
-from forge.core.errors import (
+from forge import (
+    ActionResult,
     CacheError,
     ConfigError,
+    Descriptor,
     RegistryError,
     RemoteCacheError,
     RemoteEntryInvalid,
     UsageError,
+    canonical_json,
 )
-from forge.core.oci import media
 
 if TYPE_CHECKING:
-    from forge.core.cas import CAS
-    from forge.core.oci.registry import Credentials, RegistryClient
-    from forge.core.session import Session
-    from forge.core.workspace import Workspace
+    from forge import CAS, Workspace
 
 FORMAT_VERSION = 2
 RESULT_MEDIA_TYPE = "application/vnd.forge.action-result.v2+json"
@@ -139,13 +136,11 @@ class CacheSettings:
     read: bool = True
     write: bool = False
     insecure: bool = False
-    credentials: Credentials | None = None
+    credentials: forge.oci.Credentials | None = None
 
     def __repr__(self) -> str:
-        from forge.core.oci.registry import redact_url
-
         login = f", credentials of user {self.credentials.user!r}" if self.credentials else ""
-        return (f"CacheSettings({redact_url(self.url)!r}, read={self.read}, write={self.write}, "
+        return (f"CacheSettings({forge.oci.redact_url(self.url)!r}, read={self.read}, write={self.write}, "
                 f"insecure={self.insecure}{login})")
 
 
@@ -157,7 +152,7 @@ class CacheLocation:
     host: str
     repo: str
     insecure: bool | None
-    credentials: Credentials | None = field(default=None, repr=False)
+    credentials: forge.oci.Credentials | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -196,26 +191,22 @@ def settings_for(workspace: Workspace, options: dict[str, Any]) -> CacheSettings
     return CacheSettings(url, bool(read), bool(write), insecure, credentials)
 
 
-def take_credentials(url: str) -> tuple[str, Credentials | None]:
+def take_credentials(url: str) -> tuple[str, forge.oci.Credentials | None]:
     """``url`` without its ``user:password@`` part, and that part as Credentials."""
-    from forge.core.oci.registry import Credentials, redact_url, split_credentials
-
-    bare, user, password = split_credentials(url)
+    bare, user, password = forge.oci.split_credentials(url)
     if user is None:
         return url, None
     if not user or not password:
         raise ConfigError(
-            f"remote cache URL {redact_url(url)!r} has a user part but no user:password; give "
+            f"remote cache URL {forge.oci.redact_url(url)!r} has a user part but no user:password; give "
             "both (percent-encoded), or log in with `docker login HOST` and leave the URL bare")
-    return bare, Credentials(user, password, "the remote cache URL")
+    return bare, forge.oci.Credentials(user, password, "the remote cache URL")
 
 
 def parse_url(url: str) -> CacheLocation:
     """``[scheme://][user:password@]host/repository`` -> its CacheLocation. Every message
     shows the URL redacted."""
-    from forge.core.oci.registry import parse_reference, redact_url
-
-    shown = redact_url(url)
+    shown = forge.oci.redact_url(url)
     bare, credentials = take_credentials(url)
     scheme, sep, rest = bare.partition("://")
     if not sep:
@@ -223,7 +214,7 @@ def parse_url(url: str) -> CacheLocation:
     if scheme not in ("", "oci", "http", "https"):
         raise ConfigError(f"remote cache URL {shown!r}: scheme {scheme!r} is not one of oci://, http://, https://")
     try:
-        ref = parse_reference(rest.rstrip("/"))
+        ref = forge.oci.parse_reference(rest.rstrip("/"))
     except RegistryError as exc:
         raise ConfigError(f"remote cache URL {shown!r}: {exc}") from None
     if ref.tag or ref.digest:
@@ -280,12 +271,11 @@ def scrub_exception(exc: BaseException, scrub: Callable[[str], str]) -> BaseExce
     return RemoteCacheError(clean)
 
 
-class OciCache:
-    """One cache repository in one registry; the scheduler's remote cache backend."""
+class OciCache(forge.RemoteCache):
+    """One cache repository in one registry; the scheduler's remote cache backend
+    (``forge.RemoteCache``)."""
 
-    def __init__(self, settings: CacheSettings, client: RegistryClient | None = None):
-        from forge.core.oci.registry import RegistryClient
-
+    def __init__(self, settings: CacheSettings, client: forge.oci.RegistryClient | None = None):
         loc = parse_url(settings.url)
         self.repo = loc.repo
         insecure = loc.insecure
@@ -295,7 +285,7 @@ class OciCache:
         self.readable = settings.read
         self.writable = settings.write
         credentials = settings.credentials or loc.credentials
-        self.client = client or RegistryClient(loc.host, insecure=insecure, credentials=credentials)
+        self.client = client or forge.oci.RegistryClient(loc.host, insecure=insecure, credentials=credentials)
         self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self._lock = threading.Lock()
         self._present: set[str] = set()  # blobs known to be in the repository
@@ -306,10 +296,8 @@ class OciCache:
         return f"{self.client.host}/{self.repo}"
 
     def _scrub(self, text: str) -> str:
-        from forge.core.oci.registry import scrub
-
         client_scrub = getattr(self.client, "_scrub", None)
-        return client_scrub(text) if client_scrub else scrub(text)
+        return client_scrub(text) if client_scrub else forge.oci.scrub(text)
 
     def __repr__(self) -> str:
         mode = "read-write" if self.writable else "read-only"
@@ -319,7 +307,7 @@ class OciCache:
     def ping(self) -> str:
         """Check the registry answers and lets us in (``forge doctor``)."""
         with self._request():  # GET /v2/ (reachable? credentials?) then a HEAD in the repository
-            self.client.has_blob(self.repo, sha256_digest(b"{}"))
+            self.client.has_blob(self.repo, forge.oci.sha256_digest(b"{}"))
         mode = "read-write" if self.writable else ("read-only" if self.readable else "write-only")
         return f"reachable ({mode})"
 
@@ -356,9 +344,9 @@ class OciCache:
         if got is None:
             return None
         data, served = got
-        if served and served != sha256_digest(data):
+        if served and served != forge.oci.sha256_digest(data):
             raise RemoteEntryInvalid(f"{where}: the registry served a manifest hashing to "
-                                     f"{sha256_digest(data)} under the digest {served}")
+                                     f"{forge.oci.sha256_digest(data)} under the digest {served}")
         try:
             manifest = json.loads(data)
             config_type = manifest["config"]["mediaType"]
@@ -400,28 +388,24 @@ class OciCache:
         return Entry(result, tuple(blobs))
 
     def _read_record(self, digest: str, where: str) -> bytes:
-        from forge.core.oci.registry import ContentMismatch, RegistryHTTPError
-
         try:
             with self._request():
                 return self.client.read_blob(self.repo, digest)  # verified
-        except ContentMismatch as exc:
+        except forge.oci.ContentMismatch as exc:
             raise RemoteEntryInvalid(f"{where}: the record does not verify: {exc}") from None
-        except RegistryHTTPError as exc:
+        except forge.oci.RegistryHTTPError as exc:
             if exc.status == 404:
                 raise RemoteEntryInvalid(f"{where}: the record {digest} is listed in the manifest "
                                          f"but the registry does not have it ({exc})") from None
             raise
 
     def _pull_blob(self, cas: CAS, digest: str, size: int, where: str) -> int:
-        from forge.core.oci.registry import ContentMismatch, RegistryHTTPError
-
         try:
             with self._request():  # streamed through CAS.writer(expected=)
                 self.client.pull_blob(cas, self.repo, digest, size)
-        except ContentMismatch as exc:
+        except forge.oci.ContentMismatch as exc:
             raise RemoteEntryInvalid(f"{where}: blob {digest} does not verify: {exc}") from None
-        except RegistryHTTPError as exc:
+        except forge.oci.RegistryHTTPError as exc:
             if exc.status == 404:
                 raise RemoteEntryInvalid(f"{where}: blob {digest} is listed in the manifest but the "
                                          f"registry does not have it ({exc})") from None
@@ -452,7 +436,7 @@ class OciCache:
         log = Descriptor(result.log, cas.size(result.log), LOG_MEDIA_TYPE) if result.log else None
         manifest = manifest_bytes(key, result, record, log)
         plain = manifest_bytes(key, result, record, log, artifact_type=False)
-        ours = {sha256_digest(manifest), sha256_digest(plain)}
+        ours = {forge.oci.sha256_digest(manifest), forge.oci.sha256_digest(plain)}
         existing = self._tag_digest(key)
         replacing = None
         if existing is not None and existing not in ours:
@@ -476,7 +460,7 @@ class OciCache:
         if now is not None and now not in ours:
             raise KeyConflict(
                 f"{where}: another writer stored a different result under this key at the same "
-                f"time (the tag names {now}, this build's manifest is {sha256_digest(manifest)}); "
+                f"time (the tag names {now}, this build's manifest is {forge.oci.sha256_digest(manifest)}); "
                 "the registry does not honour conditional PUTs, so the later write won and the "
                 "action is not reproducible")
         stats.results, stats.repaired = 1, int(replacing is not None)
@@ -484,15 +468,13 @@ class OciCache:
 
     def _put_manifest(self, key: str, manifest: bytes, plain: bytes, replacing: str | None) -> bool:
         """PUT the manifest under ``key``, conditional on what we saw there; False on 412."""
-        from forge.core.oci.registry import RegistryHTTPError
-
         condition = {"If-Match": f'"{replacing}"'} if replacing else {"If-None-Match": "*"}
         for data in (manifest, plain):
             try:
                 with self._request():
-                    self.client.push_manifest(self.repo, key, data, media.OCI_MANIFEST, condition)
+                    self.client.push_manifest(self.repo, key, data, forge.oci.media.OCI_MANIFEST, condition)
                 return True
-            except RegistryHTTPError as exc:
+            except forge.oci.RegistryHTTPError as exc:
                 if exc.status == 412:
                     return False
                 if data is plain or not refuses_field(exc):
@@ -565,7 +547,7 @@ class OciCache:
         what = f"manifest {self.describe()}:{tag}"
         with self._request():
             response = client._request(what, client._api(self.repo, "manifests", tag),
-                                       headers={"Accept": media.OCI_MANIFEST})
+                                       headers={"Accept": forge.oci.media.OCI_MANIFEST})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -578,7 +560,7 @@ class OciCache:
         what = f"manifest {self.describe()}:{tag}"
         with self._request():
             response = client._request(what, client._api(self.repo, "manifests", tag), "HEAD",
-                                       headers={"Accept": media.OCI_MANIFEST})
+                                       headers={"Accept": forge.oci.media.OCI_MANIFEST})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -587,7 +569,7 @@ class OciCache:
         if served:
             return served
         got = self._manifest(tag)
-        return sha256_digest(got[0]) if got else None
+        return forge.oci.sha256_digest(got[0]) if got else None
 
 
 # -- the format -------------------------------------------------------------------------
@@ -645,7 +627,7 @@ def manifest_bytes(key: str, result: ActionResult, record: Descriptor, log: Desc
                        "annotations": {TITLE_ANNOTATION: "log"}})
     doc: dict[str, Any] = {
         "schemaVersion": 2,
-        "mediaType": media.OCI_MANIFEST,
+        "mediaType": forge.oci.media.OCI_MANIFEST,
         "config": {"mediaType": RESULT_MEDIA_TYPE, "digest": record.digest, "size": record.size},
         "layers": layers,
         "annotations": {KEY_ANNOTATION: key, FORMAT_ANNOTATION: str(FORMAT_VERSION)},
@@ -666,10 +648,10 @@ class PushSummary:
     stats: PushStats = field(default_factory=PushStats)
 
 
-def push_results(session: Session, patterns: list[str]) -> PushSummary:
+def push_results(session: Any, patterns: list[str]) -> PushSummary:
     """Build ``patterns`` (cache hits where possible), then upload every action result of
     their graph to the remote cache, writable whatever the configuration says."""
-    from forge.core.execution import raise_for_failures
+    from forge import raise_for_failures
 
     settings = settings_for(session.workspace, {**session.options, "remote_cache_write": True})
     if settings is None:

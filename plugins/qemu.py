@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import forge
-from forge.core.errors import ConfigError, PlatformError
-from forge.core.platforms import Platform, host_platform
 
 DEFAULT_BINFMT = "/proc/sys/fs/binfmt_misc"
 _config: dict[str, Any] = {}
@@ -38,8 +36,8 @@ def binfmt_dir() -> Path:
     return Path(os.environ.get("FORGE_BINFMT_DIR") or _config.get("binfmt_dir") or DEFAULT_BINFMT)
 
 
-def runs_natively(platform: Platform, host: Platform | None = None) -> bool:
-    host = host or host_platform()
+def runs_natively(platform: forge.Platform, host: forge.Platform | None = None) -> bool:
+    host = host or forge.host_platform()
     if platform.architecture == host.architecture and platform.os == host.os:
         return True
     return host.architecture == "amd64" and platform.architecture == "386"
@@ -54,7 +52,7 @@ def fix_commands(qemu_arch: str, directory: Path) -> str:
     ])
 
 
-def check(platform: Platform, directory: Path | None = None) -> BinfmtStatus:
+def check(platform: forge.Platform, directory: Path | None = None) -> BinfmtStatus:
     """The binfmt state for ``platform``, without changing anything."""
     directory = directory or binfmt_dir()
     arch = platform.qemu_arch
@@ -79,7 +77,7 @@ def check(platform: Platform, directory: Path | None = None) -> BinfmtStatus:
     return BinfmtStatus(arch, True, f"qemu-{arch} enabled (flags {flags}, {interpreter})")
 
 
-def try_register(platform: Platform, directory: Path) -> None:
+def try_register(platform: forge.Platform, directory: Path) -> None:
     """As root with qemu-user-static installed: mount binfmt_misc and enable the entry."""
     if os.geteuid() != 0 or directory != Path(DEFAULT_BINFMT):
         return
@@ -91,7 +89,7 @@ def try_register(platform: Platform, directory: Path) -> None:
                        check=False, capture_output=True)
 
 
-def ensure_emulation(platform: Platform, doing: str = "run {platform} actions") -> BinfmtStatus:
+def ensure_emulation(platform: forge.Platform, doing: str = "run {platform} actions") -> BinfmtStatus:
     """Check binfmt for ``platform``, register it when we can, else raise with the fix."""
     directory = binfmt_dir()
     status = check(platform, directory)
@@ -99,8 +97,8 @@ def ensure_emulation(platform: Platform, doing: str = "run {platform} actions") 
         try_register(platform, directory)
         status = check(platform, directory)
     if not status.ok:
-        raise PlatformError(
-            f"cannot {doing.format(platform=platform)} on this {host_platform()} host: "
+        raise forge.PlatformError(
+            f"cannot {doing.format(platform=platform)} on this {forge.host_platform()} host: "
             f"{status.detail}.\n  Fix:\n{status.fix}"
         )
     return status
@@ -110,19 +108,17 @@ def ensure_emulation(platform: Platform, doing: str = "run {platform} actions") 
 def forge_configure(workspace: Any, config: dict[str, Any]) -> None:
     unknown = set(config) - {"binfmt_dir"}
     if unknown:
-        raise ConfigError(f"WORKSPACE.toml [plugins.qemu]: unknown key '{sorted(unknown)[0]}'; "
+        raise forge.ConfigError(f"WORKSPACE.toml [plugins.qemu]: unknown key '{sorted(unknown)[0]}'; "
                           "valid keys: binfmt_dir")
     _config.clear()
     _config.update(config)
 
 
 @forge.hookimpl
-def forge_prepare_platform(platform: Platform, executor: str, workspace: Any) -> str | None:
+def forge_prepare_platform(platform: forge.Platform, executor: str, workspace: Any) -> str | None:
     if runs_natively(platform):
         return None
     hosts = workspace.section("executors").get(executor, {}).get("hosts", {})
-    from forge.core.platforms import parse_platform
-
-    if any(parse_platform(k) == platform for k in hosts):
+    if any(forge.parse_platform(k) == platform for k in hosts):
         return f"native {platform} engine"
     return f"QEMU emulation ({ensure_emulation(platform).detail})"

@@ -6,7 +6,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.rules.common import image_result, materialize_image
 
 IMPORT_DOC = """A base image from a file of the package: a rootfs tarball (optionally
 compressed), a docker-archive (`docker save` output) or an OCI layout directory.
@@ -42,15 +41,13 @@ class OciImport(forge.Rule):
         # A rootfs tarball is rewritten with the build's epoch (timestamps=True).
         action = ctx.action("OciImport", import_image, inputs=ctx.files(rels, attr="src", follow=True),
                             platform=platform, timestamps=True,
-                            params={"src": src}, description=src, materialize=materialize_image)
+                            params={"src": src}, description=src, materialize=forge.materialize_image)
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
 
 def import_image(rc: forge.RunContext) -> forge.ActionResult:
-    from forge.core.oci.importers import import_any
-
-    image = import_any(rc.cas, rc.source(rc.params["src"]), rc.platform, epoch=rc.epoch)
-    return image_result(rc, image)
+    image = forge.oci.import_any(rc.cas, rc.source(rc.params["src"]), rc.platform, epoch=rc.epoch)
+    return forge.image_result(rc, image)
 
 
 PULL_DOC = """A base image from a registry, by digest. A tag without a digest is an error
@@ -73,9 +70,7 @@ class OciPull(forge.Rule):
     attrs = PULL_ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
-        from forge.core.oci.registry import parse_reference
-
-        ref = parse_reference(ctx.attr.image)
+        ref = forge.oci.parse_reference(ctx.attr.image)
         digest = ctx.attr.digest or ref.digest
         if not digest:
             raise ctx.fail(pin_message(ctx.attr.image))
@@ -87,17 +82,15 @@ class OciPull(forge.Rule):
             # the same bytes, and dependents see the same result digest, so nothing else runs.
             params={"digest": digest, "registry": ref.registry, "repository": ref.repository},
             description=f"{ref.repository}@{digest[:19]}",
-            materialize=materialize_image,
+            materialize=forge.materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
 
 def pin_message(image: str) -> str:
-    from forge.core.oci.registry import RegistryClient, parse_reference
-
-    ref = parse_reference(image)
+    ref = forge.oci.parse_reference(image)
     try:
-        client = RegistryClient(ref.registry)
+        client = forge.oci.RegistryClient(ref.registry)
         served = client.resolve_tag(ref.repository, ref.tag or "latest")
     except forge.ForgeError as exc:
         return f"image = {image!r} has no digest, and the registry could not be asked for one: {exc}"
@@ -106,11 +99,8 @@ def pin_message(image: str) -> str:
 
 
 def pull_image(rc: forge.RunContext) -> forge.ActionResult:
-    from forge.core.oci.image import Index
-    from forge.core.oci.registry import RegistryClient
-
     p = rc.params
-    value = RegistryClient(p["registry"]).pull(rc.cas, p["repository"], p["digest"], platform=rc.platform)
-    if isinstance(value, Index):
+    value = forge.oci.RegistryClient(p["registry"]).pull(rc.cas, p["repository"], p["digest"], platform=rc.platform)
+    if isinstance(value, forge.Index):
         value = value.image(rc.platform)
-    return image_result(rc, value)
+    return forge.image_result(rc, value)

@@ -11,7 +11,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.rules.common import image_result, materialize_image
 
 DOC = """A Debian root filesystem made by `debootstrap` on the host (no container), as a
 one-layer image: the base for Dockerfile chains when there is no Docker Hub.
@@ -99,7 +98,7 @@ class Debootstrap(forge.Rule):
             # No executor: it runs on the host. Non-hermetic: it reads a mirror.
             "Debootstrap", run_debootstrap, version=1, params=params, platform=platform,
             hermetic=False, timestamps=True, description=f"{a.suite} {a.variant} {platform.debian_arch}{extra}",
-            materialize=materialize_image,
+            materialize=forge.materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
@@ -126,6 +125,8 @@ def find_debootstrap() -> str:
 
 def check_emulation(platform: forge.Platform) -> bool:
     """True when ``platform`` needs the foreign + QEMU second stage; raises when QEMU is missing."""
+    # Allow-listed crossing (issue 12): a host-run chroot is no executor action, so
+    # forge_prepare_platform (which answers for executors) cannot serve it yet.
     from forge.plugins.qemu import ensure_emulation, runs_natively
 
     if runs_natively(platform):
@@ -135,9 +136,6 @@ def check_emulation(platform: forge.Platform) -> bool:
 
 
 def run_debootstrap(rc: forge.RunContext) -> forge.ActionResult:
-    from forge.core.oci.image import with_config
-    from forge.core.oci.rootfs_tar import import_rootfs_tar
-
     if os.geteuid() != 0:
         raise forge.ActionFailed("debootstrap needs root (it creates device nodes and chroots); "
                                  "run forge as root or build this base where you are root")
@@ -161,10 +159,10 @@ def run_debootstrap(rc: forge.RunContext) -> forge.ActionResult:
     stream(rc, ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--one-file-system",
                 "-C", str(target), "-cf", str(tarball), "."], "tar")
     shutil.rmtree(target, ignore_errors=True)
-    image = import_rootfs_tar(rc.cas, tarball, platform, epoch=rc.epoch)
-    image = with_config(image, env=DEFAULT_ENV, cmd=["bash"], platform=platform, epoch=rc.epoch)
+    image = forge.oci.import_rootfs_tar(rc.cas, tarball, platform, epoch=rc.epoch)
+    image = forge.with_config(image, env=DEFAULT_ENV, cmd=["bash"], platform=platform, epoch=rc.epoch)
     rc.log(f"{platform}: {packages} packages, image {image.digest}")
-    return image_result(rc, image, metadata={"suite": rc.params["suite"], "packages": packages})
+    return forge.image_result(rc, image, metadata={"suite": rc.params["suite"], "packages": packages})
 
 
 def stream(rc: forge.RunContext, cmd: list[str], what: str) -> None:

@@ -15,8 +15,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.core.errors import BuildFileError
-from forge.rules.common import image_platform, materialize_image
 from forge.rules.dockerfile_refs import check_image_references
 
 CHAIN_FILE = re.compile(r"^(\d+)-Dockerfile-(.+)$")
@@ -58,7 +56,7 @@ def parse_args_file(path: Path, display: str) -> dict[str, str]:
         if not m:
             # The line itself is never echoed: args files hold tokens and passwords.
             what = "no '='" if "=" not in line else "the part before '=' is not a variable name"
-            raise BuildFileError(f"{display}:{number}: expected KEY=VALUE ({what}; the line is "
+            raise forge.BuildFileError(f"{display}:{number}: expected KEY=VALUE ({what}; the line is "
                                  "not shown, it may hold a secret)")
         value = m.group(2)
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -104,7 +102,7 @@ def declare_build(
         timestamps=True,  # the result's config `created` is the build's epoch
         params={"dockerfile": dockerfile, "context": sorted(context), "build_args": args,
                 "target": target, "network": network, "context_root": context_root},
-        description=description, materialize=materialize_image,
+        description=description, materialize=forge.materialize_image,
     )
 
 
@@ -115,7 +113,7 @@ class Dockerfile(forge.Rule):
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
         a = ctx.attr
-        platform = image_platform(ctx, a.base)
+        platform = forge.image_platform(ctx, a.base)
         action = declare_build(
             ctx, dockerfile=a.dockerfile, context=list(a.srcs), base=a.base,
             build_args=a.build_args, args_file=a.args_file, target=a.target, network=a.network,
@@ -176,7 +174,7 @@ class DockerfileChain(forge.Rule):
         numbers = [n for n, _, _ in steps]
         if len(set(numbers)) != len(numbers):
             raise ctx.fail(f"two files share a number in {a.dir}/: {[f for _, _, f in steps]}")
-        platform = image_platform(ctx, a.base)
+        platform = forge.image_platform(ctx, a.base)
         context = sorted(
             f"{a.dir}/{p.relative_to(directory)}" for p in directory.rglob("*")
             if p.is_file() and not CHAIN_FILE.match(p.name) and not p.name.endswith("-args")
@@ -197,9 +195,7 @@ class DockerfileChain(forge.Rule):
 
 def build_dockerfile(rc: forge.RunContext) -> forge.ActionResult:
     """Run the build on the docker executor and bring the image back into the CAS."""
-    from forge.rules.common import dep_image, image_result
-
-    base = dep_image(rc, rc.action.deps[0]) if rc.action.deps else None
+    base = forge.dep_image(rc, rc.action.deps[0]) if rc.action.deps else None
     engine = rc.executor("docker")
     image = engine.build(rc, package_dir=rc.source(), base=base)
-    return image_result(rc, image)
+    return forge.image_result(rc, image)

@@ -6,7 +6,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.rules.common import dep_image, image_platform, image_result, materialize_image
 
 IMAGE_DOC = """An OCI image: a base (or scratch) plus layers plus runtime config.
 
@@ -39,7 +38,7 @@ class ImageRule(forge.Rule):
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
         a = ctx.attr
-        platform = image_platform(ctx, a.base)
+        platform = forge.image_platform(ctx, a.base)
         base_action = a.base[forge.ImageInfo].action if a.base is not None else None
         layer_actions = [dep[forge.LayerInfo].action for dep in a.layers]
         deps = ([base_action] if base_action else []) + layer_actions
@@ -52,36 +51,32 @@ class ImageRule(forge.Rule):
                 "history": [str(d.label) for d in a.layers],
             },
             description=f"{len(layer_actions)} layer(s) on {a.base.label if a.base else 'scratch'}",
-            materialize=materialize_image,
+            materialize=forge.materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
 
 def layer_of(rc: forge.RunContext, action: forge.Action):
     """The Layer a dependency produced, exactly as its descriptor says."""
-    from forge.core.oci.image import Layer
-
     d = rc.dep(action).outputs["layer"]
-    return Layer(d.digest, d.diff_id, d.size, d.media_type)
+    return forge.Layer(d.digest, d.diff_id, d.size, d.media_type)
 
 
 def assemble_image(rc: forge.RunContext) -> forge.ActionResult:
-    from forge.core.oci.image import EMPTY_IMAGE, append_layers, with_config
-
     p = rc.params
     deps = list(rc.action.deps)
-    image = dep_image(rc, deps.pop(0)) if p["has_base"] else EMPTY_IMAGE
+    image = forge.dep_image(rc, deps.pop(0)) if p["has_base"] else forge.EMPTY_IMAGE
     layers = [layer_of(rc, d) for d in deps]
     if layers:
-        image = append_layers(image, *layers, history=[f"forge layer {h}" for h in p["history"]],
+        image = forge.append_layers(image, *layers, history=[f"forge layer {h}" for h in p["history"]],
                               epoch=rc.epoch)
-    image = with_config(
+    image = forge.with_config(
         image,
         env=[f"{k}={v}" for k, v in p["env"].items()] or None,
         entrypoint=p["entrypoint"], cmd=p["cmd"], workdir=p["workdir"], user=p["user"],
         labels=p["labels"] or None, platform=rc.platform, epoch=rc.epoch,
     )
-    return image_result(rc, image)
+    return forge.image_result(rc, image)
 
 
 INDEX_DOC = """A multi-platform OCI image index of per-platform images (one per platform)."""
@@ -107,11 +102,9 @@ class ImageIndexRule(forge.Rule):
         actions = [dep[forge.ImageInfo].action for dep in ctx.attr.images]
         action = ctx.action("Index", assemble_index, deps=actions,
                             description=", ".join(sorted(str(p) for p in seen)),
-                            materialize=materialize_image)
+                            materialize=forge.materialize_image)
         return [forge.IndexInfo(action, tuple(sorted(seen))), forge.DefaultInfo(action)]
 
 
 def assemble_index(rc: forge.RunContext) -> forge.ActionResult:
-    from forge.core.oci.image import make_index
-
-    return image_result(rc, make_index(dep_image(rc, d) for d in rc.action.deps))
+    return forge.image_result(rc, forge.make_index(forge.dep_image(rc, d) for d in rc.action.deps))

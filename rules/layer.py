@@ -45,8 +45,6 @@ class Layer(forge.Rule):
     attrs = ATTRS
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
-        from forge.core.oci.compression import check as effective_level
-
         a = ctx.attr
         for path, mode in a.mode_map.items():
             try:
@@ -59,7 +57,7 @@ class Layer(forge.Rule):
         # Sorted: the writer sorts entries anyway, so the order srcs are listed in is not
         # an input (reordering them must not re-run the layer).
         try:
-            level = effective_level(a.compression, a.level)
+            level = forge.oci.compression_level(a.compression, a.level)
         except ValueError as exc:
             raise ctx.fail(f"level = {a.level}: {exc}") from None
         files = ctx.files(sorted(a.srcs))
@@ -80,7 +78,6 @@ class Layer(forge.Rule):
 def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
     from dataclasses import replace
 
-    from forge.core.oci.layer_writer import entries_from_files, write_layer
 
     p = rc.params
     sources = {f.relpath: f.path for f in rc.action.inputs}
@@ -88,9 +85,9 @@ def write_layer_action(rc: forge.RunContext) -> forge.ActionResult:
     modes = {dest_of[rel].lstrip("/"): int(m, 8) for rel, m in p["mode_map"].items() if rel in dest_of}
     entries = [
         replace(e, mode=modes[e.path]) if e.path in modes else e
-        for e in entries_from_files({dest: sources[rel] for rel, dest in p["entries"]})
+        for e in forge.entries_from_files({dest: sources[rel] for rel, dest in p["entries"]})
     ]
-    layer = write_layer(rc.cas, entries, compression=p["compression"], level=p["level"],
+    layer = forge.write_layer(rc.cas, entries, compression=p["compression"], level=p["level"],
                         owner=p["owner"], epoch=rc.epoch)
     return rc.result({"layer": layer_descriptor(layer)})
 

@@ -2,8 +2,8 @@
 
 Atom's minimize step ran ``ldd`` inside the build container (under QEMU for arm64) and
 tarred up a fixed list of folders. Here the build image's layers are read straight from
-the CAS (``forge.core.elf.LayeredRootFS``) and every ELF file asked for is resolved with
-glibc's search rules for its own architecture (``forge.core.elf.LibraryResolver``):
+the CAS (``forge.elf.LayeredRootFS``) and every ELF file asked for is resolved with
+glibc's search rules for its own architecture (``forge.elf.LibraryResolver``):
 nothing runs, so the action has no executor and never needs an emulator, and the answer
 is the same on any host. The output is one deterministic layer plus a JSON report that
 says, for every harvested file, why it is there; ``forge query why LABEL PATH`` prints
@@ -54,8 +54,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.core.errors import ActionFailed, UsageError, did_you_mean
-from forge.core.labels import Label
 
 DOC = """Harvest what a production image needs from a build image, without running it.
 
@@ -129,11 +127,11 @@ class MinimizeInfo:
 
     action: forge.Action
     platform: forge.Platform
-    image: Label
-    production_base: Label | None = None
+    image: forge.Label
+    production_base: forge.Label | None = None
 
 
-class MinimizeError(ActionFailed):
+class MinimizeError(forge.ActionFailed):
     """A minimize request cannot be met: a pattern matches nothing, a library is missing."""
 
 
@@ -331,7 +329,7 @@ class _Harvester:
         found = self.fs.resolve(parent or "/")
         if found is None or found.entry_kind != DIR:
             return f" ({parent or '/'} does not exist)" if found is None else ""
-        return did_you_mean(name, self.fs.listdir(found.path))
+        return forge.did_you_mean(name, self.fs.listdir(found.path))
 
     def _exclude(self, path: str) -> bool:
         pattern = excluded_by(path, self.request.exclude)
@@ -410,9 +408,7 @@ class _Harvester:
 
     # -- libraries ----------------------------------------------------------------------
     def take_libraries(self, base: Any | None) -> None:
-        from forge.core.elf import LibraryResolver
-
-        resolver = LibraryResolver(self.fs, self.request.ld_library_path,
+        resolver = forge.elf.LibraryResolver(self.fs, self.request.ld_library_path,
                                    ld_preload=self.request.ld_preload)
         resolution = resolver.resolve(sorted(set(self.inputs)))
         errors = {(f, s): m for f, s, m in resolution.errors}
@@ -456,15 +452,13 @@ class _Harvester:
     def _system_dirs(self, resolver: Any, realpath: str) -> tuple[str, ...]:
         """The loader's built-in directories for this library's architecture: a library
         found there needs no LD_LIBRARY_PATH in the production image."""
-        from forge.core.elf.loaderconf import arch_spec, system_dirs
-
         info = resolver.elf_info(realpath)
         if info is None:
             return ()
         key = (info.machine, info.elfclass, info.arm_float)
         if key not in self._sysdirs:
-            spec = arch_spec(*key)
-            self._sysdirs[key] = system_dirs(self.fs, spec.interp if spec else None, spec)
+            spec = forge.elf.arch_spec(*key)
+            self._sysdirs[key] = forge.elf.system_dirs(self.fs, spec.interp if spec else None, spec)
         return self._sysdirs[key]
 
     def _provided(self, base: Any, opened: str, realpath: str,
@@ -601,17 +595,15 @@ def layer_conflicts(base: Any, layer_fs: Any) -> list[str]:
 
 
 def _layer_entries(fs: Any, nodes: dict[str, Node]) -> Iterator[Any]:
-    from forge.core.oci.layer_writer import LayerEntry
-
     for path in sorted(nodes):
         node = nodes[path]
         mode = stat.S_IMODE(node.mode)
         if node.kind == DIR:
-            yield LayerEntry(path, DIR, mode=mode)
+            yield forge.LayerEntry(path, DIR, mode=mode)
         elif node.kind == SYMLINK:
-            yield LayerEntry(path, SYMLINK, target=node.target)
+            yield forge.LayerEntry(path, SYMLINK, target=node.target)
         else:
-            yield LayerEntry(path, FILE, partial(fs.open, node.source), size=node.size,
+            yield forge.LayerEntry(path, FILE, partial(fs.open, node.source), size=node.size,
                              mode=mode)
 
 
@@ -627,22 +619,19 @@ def missing_message(image: str, missing: list[dict[str, str]]) -> str:
 def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
     """Read the build image (and production base) from the CAS, harvest, write the layer
     and the report."""
-    from forge.core.elf import LayeredRootFS, env_value
-    from forge.core.oci.layer_writer import write_layer
-    from forge.rules.common import dep_image
     from forge.rules.layer import layer_descriptor
 
     p = rc.params
-    image = dep_image(rc, rc.action.deps[0])
-    base = dep_image(rc, rc.action.deps[1]) if p["has_base"] else None
+    image = forge.dep_image(rc, rc.action.deps[0])
+    base = forge.dep_image(rc, rc.action.deps[1]) if p["has_base"] else None
     env = (image.config.get("config") or {}).get("Env")
     request = HarvestRequest(
         tuple(p["paths"]), tuple(p["additional_files"]), tuple(p["additional_lib_locations"]),
-        tuple(p["exclude"]), p["strict_paths"], env_value(env, "LD_LIBRARY_PATH"),
-        env_value(env, "LD_PRELOAD"))
+        tuple(p["exclude"]), p["strict_paths"], forge.elf.env_value(env, "LD_LIBRARY_PATH"),
+        forge.elf.env_value(env, "LD_PRELOAD"))
     tmp = str(rc.tempdir())
-    with LayeredRootFS([rc.cas.path(layer.digest) for layer in image.layers], tmpdir=tmp) as fs:
-        base_fs = (LayeredRootFS([rc.cas.path(layer.digest) for layer in base.layers], tmpdir=tmp)
+    with forge.elf.LayeredRootFS([rc.cas.path(layer.digest) for layer in image.layers], tmpdir=tmp) as fs:
+        base_fs = (forge.elf.LayeredRootFS([rc.cas.path(layer.digest) for layer in base.layers], tmpdir=tmp)
                    if base is not None else None)
         try:
             h = harvest(fs, request, base_fs)
@@ -654,7 +643,7 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
             if p["missing"] == "error":
                 raise MinimizeError(missing_message(what, h.missing))
             rc.warn(missing_message(what, h.missing).split("\n  add them")[0])
-        layer = write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=rc.epoch)
+        layer = forge.write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=rc.epoch)
     # The report describes the harvest, not which image digest it came from (the log says
     # that): it is part of the result's identity, so naming the build image would re-key
     # every dependent whenever anything in the image changed, harvested or not.
@@ -691,16 +680,13 @@ def materialize_minimize(cas: Any, result: forge.ActionResult, dest: Path) -> No
 
 def load_report(session: Any, text: str) -> dict[str, Any]:
     """Build (normally: find in the cache) the minimize target ``text`` and read its report."""
-    from forge.core.execution import raise_for_failures
-    from forge.core.labels import parse_label
-
-    label = parse_label(text, "")
+    label = forge.parse_label(text, "")
     rule = session.loader.target(label).rule.name
     if rule != Minimize.name:
-        raise UsageError(f"{label} is a {rule} target; `forge query why` reads the report of a "
+        raise forge.UsageError(f"{label} is a {rule} target; `forge query why` reads the report of a "
                          "minimize target")
     summaries, outcomes = session.build([str(label)])
-    raise_for_failures(outcomes)
+    forge.raise_for_failures(outcomes)
     return json.loads(session.cas.read_bytes(summaries[0].outputs["report"]))  # a digest
 
 
@@ -723,8 +709,8 @@ def why_chain(report: dict[str, Any], path: str) -> list[str]:
         lib = libraries.get(path) or next(
             (lib for lib in libraries.values() if lib["realpath"] == path), None)
         if lib is None or lib["status"] == "kept":
-            hint = did_you_mean(path, list(files) + list(libraries))
-            raise UsageError(f"{path} is not in the layer{hint}; it holds {len(files)} paths "
+            hint = forge.did_you_mean(path, list(files) + list(libraries))
+            raise forge.UsageError(f"{path} is not in the layer{hint}; it holds {len(files)} paths "
                              "(see report.json)")
         state = ("the production base already has it (same content)"
                  if lib["status"] == "provided_by_base" else

@@ -15,7 +15,6 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.rules.common import image_platform, materialize_image
 from forge.rules.minimize import MinimizeInfo
 
 DOC = """A slim production image: `base` + (when `packages` is set) one apt-get install +
@@ -68,7 +67,7 @@ class Production(forge.Rule):
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
         a = ctx.attr
-        platform = image_platform(ctx, a.base)
+        platform = forge.image_platform(ctx, a.base)
         minimized = a.minimized[MinimizeInfo]
         if minimized.platform != platform:
             raise ctx.fail(f"minimized {a.minimized.label} was harvested from a "
@@ -96,7 +95,7 @@ class Production(forge.Rule):
                         "build_args": {}, "target": None, "network": True, "context_root": "",
                         "packages": list(a.packages)},
                 description=f"apt-get install {' '.join(a.packages)}",
-                materialize=materialize_image,
+                materialize=forge.materialize_image,
             )
         action = ctx.action(
             "Production", assemble_production, deps=[base_action, minimized.action],
@@ -109,7 +108,7 @@ class Production(forge.Rule):
             },
             description=f"{a.minimized.label} on {a.base.label}" +
                         (f" + {len(a.packages)} package(s)" if a.packages else ""),
-            materialize=materialize_image,
+            materialize=forge.materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
@@ -130,13 +129,11 @@ def packages_dockerfile(packages: list[str]) -> str:
 def install_packages(rc: forge.RunContext) -> forge.ActionResult:
     """Build the generated Dockerfile on the docker executor, from an otherwise empty
     context directory."""
-    from forge.rules.common import dep_image, image_result
-
     package_dir = rc.tempdir()
     (package_dir / "Dockerfile").write_text(rc.params["dockerfile_text"])
-    base = dep_image(rc, rc.action.deps[0])
+    base = forge.dep_image(rc, rc.action.deps[0])
     image = rc.executor("docker").build(rc, package_dir=package_dir, base=base)
-    return image_result(rc, image)
+    return forge.image_result(rc, image)
 
 
 def _join(*groups: Any) -> str:
@@ -151,10 +148,8 @@ def _join(*groups: Any) -> str:
 def production_env(base_env: list[str] | None, search_dirs: list[str],
                    overrides: dict[str, str]) -> dict[str, str]:
     """PATH and LD_LIBRARY_PATH as Atom's production images have them, then ``overrides``."""
-    from forge.core.elf import env_value
-
-    path = env_value(base_env, "PATH") or DEFAULT_PATH
-    llp = env_value(base_env, "LD_LIBRARY_PATH")
+    path = forge.elf.env_value(base_env, "PATH") or DEFAULT_PATH
+    llp = forge.elf.env_value(base_env, "LD_LIBRARY_PATH")
     env = {
         "PATH": _join(PATH_PREFIX, path.split(":")),
         "LD_LIBRARY_PATH": _join(LIBRARY_PATH_PREFIX, search_dirs, llp.split(":")),
@@ -165,25 +160,23 @@ def production_env(base_env: list[str] | None, search_dirs: list[str],
 
 def assemble_production(rc: forge.RunContext) -> forge.ActionResult:
     """Base (+ packages) + the minimize layer + config; runs nothing."""
-    from forge.core.oci.image import append_layers, with_config
-    from forge.rules.common import dep_image, image_result
     from forge.rules.images import layer_of
 
     p = rc.params
     base_action, minimized = rc.action.deps
-    base = dep_image(rc, base_action)
+    base = forge.dep_image(rc, base_action)
     layer = layer_of(rc, minimized)
     if p["check_fit"]:
         check_fit(rc, base, layer, minimized)
-    image = append_layers(base, layer, history=p["history"], epoch=rc.epoch)
+    image = forge.append_layers(base, layer, history=p["history"], epoch=rc.epoch)
     env = production_env((base.config.get("config") or {}).get("Env"),
                          rc.dep(minimized).metadata.get("search_dirs", []), p["env"])
-    image = with_config(
+    image = forge.with_config(
         image, env=[f"{k}={v}" for k, v in env.items()], entrypoint=p["entrypoint"],
         cmd=p["cmd"], workdir=p["workdir"], labels=p["labels"] or None, platform=rc.platform,
         epoch=rc.epoch,
     )
-    return image_result(rc, image)
+    return forge.image_result(rc, image)
 
 
 def base_label(rc: forge.RunContext) -> str:
@@ -198,12 +191,11 @@ def base_label(rc: forge.RunContext) -> str:
 def check_fit(rc: forge.RunContext, base: Any, layer: Any, minimized: forge.Action) -> None:
     """Fail if the layer would hide part of the base (a directory over the base's
     ``/lib -> usr/lib``, a symlink over a base directory): the image would not start."""
-    from forge.core.elf import LayeredRootFS
     from forge.rules.minimize import MinimizeError, layer_conflicts
 
     tmp = str(rc.tempdir())
-    with LayeredRootFS([rc.cas.path(x.digest) for x in base.layers], tmpdir=tmp) as base_fs, \
-            LayeredRootFS([rc.cas.path(layer.digest)], tmpdir=tmp) as layer_fs:
+    with forge.elf.LayeredRootFS([rc.cas.path(x.digest) for x in base.layers], tmpdir=tmp) as base_fs, \
+            forge.elf.LayeredRootFS([rc.cas.path(layer.digest)], tmpdir=tmp) as layer_fs:
         conflicts = layer_conflicts(base_fs, layer_fs)
     if conflicts:
         raise MinimizeError(

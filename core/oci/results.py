@@ -1,29 +1,35 @@
-"""What every image-producing rule shares: turning an image into an action result,
+"""What every image-producing action shares: turning an image into an action result,
 reading a dependency's image back, and materializing it as an OCI layout.
 
 An image action's result names one output, ``manifest`` (or ``index``), and lists every
-blob the image needs (config, layers, child manifests) so a cache hit can check them and
-the remote cache can transfer them.
+blob the image needs (config, layers, child manifests) as typed descriptors, so a cache
+hit can check them and the remote cache can transfer them. Exported from ``forge`` for
+rules (built-in and third-party alike).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import forge
-from forge.core.actions import ActionResult
+from forge.core.cas import Descriptor
+
+if TYPE_CHECKING:
+    from forge.core.actions import Action, ActionResult
+    from forge.core.cas import CAS
+    from forge.core.execution import RunContext
+    from forge.core.oci.image import Image, Index
+    from forge.core.platforms import Platform
+    from forge.core.rule import AnalysisContext
 
 
-def image_descriptors(value: Any) -> tuple[Any, list[Any]]:
+def image_descriptors(value: Image | Index) -> tuple[Descriptor, list[Descriptor]]:
     """(the manifest's descriptor, every blob's descriptor) of an Image or Index: the
     manifest with its platform, the config, each layer with its diff_id, and for an index
     every child manifest with its blobs."""
     from forge.core.oci.image import Index
 
-    Descriptor = forge.Descriptor
-
-    def of_image(image: Any) -> tuple[Any, list[Any]]:
+    def of_image(image: Image) -> tuple[Descriptor, list[Descriptor]]:
         top = Descriptor(image.digest, image.size, image.media_type,
                          platform=str(image.platform) if image.platform else None)
         blobs = [top, Descriptor(image.config_digest, image.config_size, image.config_media_type)]
@@ -40,7 +46,8 @@ def image_descriptors(value: Any) -> tuple[Any, list[Any]]:
     return of_image(value)
 
 
-def image_result(rc: forge.RunContext, value: Any, metadata: dict[str, Any] | None = None) -> ActionResult:
+def image_result(rc: RunContext, value: Image | Index,
+                 metadata: dict[str, Any] | None = None) -> ActionResult:
     """Store ``value`` (an Image or Index) and describe it as the action's result: the
     output descriptor (``manifest`` or ``index``) and every blob it needs, typed."""
     from forge.core.oci.image import Index, store_image
@@ -54,15 +61,16 @@ def image_result(rc: forge.RunContext, value: Any, metadata: dict[str, Any] | No
     return rc.result({"manifest": top}, blobs=blobs, metadata={**meta, **(metadata or {})})
 
 
-def dep_image(rc: forge.RunContext, action: forge.Action):
-    """The Image a dependency action produced."""
+def dep_image(rc: RunContext, action: Action) -> Image:
+    """The Image a dependency action produced (its ``manifest`` output), read from the CAS."""
     from forge.core.oci.image import load_image
 
     return load_image(rc.cas, rc.dep(action).outputs["manifest"].digest)
 
 
-def materialize_image(cas: Any, result: ActionResult, dest: Path) -> None:
-    """Write the image or index as an OCI layout directory at ``dest``."""
+def materialize_image(cas: CAS, result: ActionResult, dest: Path) -> None:
+    """Write the image or index of ``result`` as an OCI layout directory at ``dest``
+    (pass it as an image action's ``materialize=``)."""
     from forge.core.oci.image import load
     from forge.core.oci.layout import write_layout
 
@@ -70,10 +78,13 @@ def materialize_image(cas: Any, result: ActionResult, dest: Path) -> None:
     write_layout(cas, load(cas, top.digest), dest)
 
 
-def image_platform(ctx: forge.AnalysisContext, base: Any) -> forge.Platform:
-    """A target's platform: its own attribute, else its base image's, else the default."""
+def image_platform(ctx: AnalysisContext, base: Any) -> Platform:
+    """A target's platform: its own ``platform`` attribute, else its base image's, else
+    the default; an own platform that differs from the base's is an analysis error."""
+    from forge.core.providers import ImageInfo
+
     own = getattr(ctx.attr, "platform", None)
-    base_platform = base[forge.ImageInfo].platform if base is not None and forge.ImageInfo in base else None
+    base_platform = base[ImageInfo].platform if base is not None and ImageInfo in base else None
     if own is not None and base_platform is not None and own != base_platform:
         raise ctx.fail(f"platform {own} differs from its base {base.label}'s platform {base_platform}")
     return own or base_platform or ctx.platform

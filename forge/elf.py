@@ -1,0 +1,43 @@
+"""``forge.elf``: a static ``ldd`` for rules that read images (``minimize``).
+
+Which shared libraries glibc's loader would map for the ELF files of an image, found by
+reading the image's layers — nothing runs, so it works for any architecture without an
+emulator::
+
+    with forge.elf.LayeredRootFS([rc.cas.path(l.digest) for l in image.layers]) as fs:
+        llp = forge.elf.env_value(image.config["config"].get("Env"), "LD_LIBRARY_PATH")
+        resolution = forge.elf.LibraryResolver(fs, llp).resolve(["/usr/bin/app"])
+
+Names resolve on first use (pyelftools loads only then).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "LayeredRootFS": ("forge.core.elf", "LayeredRootFS"),
+    "DirectoryRootFS": ("forge.core.elf", "DirectoryRootFS"),
+    "LibraryResolver": ("forge.core.elf", "LibraryResolver"),
+    "env_value": ("forge.core.elf", "env_value"),
+    "arch_spec": ("forge.core.elf.loaderconf", "arch_spec"),
+    "system_dirs": ("forge.core.elf.loaderconf", "system_dirs"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'forge.elf' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), attr_name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from forge.core.elf import DirectoryRootFS, LayeredRootFS, LibraryResolver, env_value  # noqa: F401
+    from forge.core.elf.loaderconf import arch_spec, system_dirs  # noqa: F401

@@ -1,0 +1,85 @@
+"""``forge.oci``: OCI content beyond the image values ``forge`` exports at top level —
+media types, registries, importers and exporters — for rules and plugins.
+
+    import forge
+
+    client = forge.oci.RegistryClient("registry.example.com")
+    image = client.pull(rc.cas, "base/debian", "sha256:…", platform=rc.platform)
+
+The image values themselves (``Image``, ``Layer``, ``Index``, ``append_layers``,
+``with_config``, ``write_layer``, …) are ``forge.<name>``. Names resolve on first use, so
+importing this module loads neither the registry client nor oras.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    # media types: the constants (OCI_MANIFEST, OCI_LAYER_GZIP, …) and their families
+    "media": ("forge.core.oci.media", None),
+    # stored images
+    "load": ("forge.core.oci.image", "load"),
+    "load_index": ("forge._documented", "load_index"),
+    "sha256_digest": ("forge._documented", "sha256_digest"),
+    # registries
+    "RegistryClient": ("forge.core.oci.registry", "RegistryClient"),
+    "Reference": ("forge.core.oci.registry", "Reference"),
+    "parse_reference": ("forge.core.oci.registry", "parse_reference"),
+    "Credentials": ("forge.core.oci.registry", "Credentials"),
+    "split_credentials": ("forge.core.oci.registry", "split_credentials"),
+    "redact_url": ("forge.core.oci.registry", "redact_url"),
+    "scrub": ("forge.core.oci.registry", "scrub"),
+    "RegistryHTTPError": ("forge.core.oci.registry", "RegistryHTTPError"),
+    "ContentMismatch": ("forge.core.oci.registry", "ContentMismatch"),
+    # bringing images in and out
+    "import_any": ("forge.core.oci.importers", "import_any"),
+    "import_rootfs_tar": ("forge.core.oci.rootfs_tar", "import_rootfs_tar"),
+    "import_docker_archive": ("forge.core.oci.docker_archive", "import_docker_archive"),
+    "write_docker_archive": ("forge.core.oci.docker_archive", "write_docker_archive"),
+    "write_layout": ("forge.core.oci.layout", "write_layout"),
+}
+
+__all__ = ["compression_level", *_LAZY]
+
+
+def compression_level(kind: str, level: int | None) -> int:
+    """The level a layer of compression ``kind`` (``gzip``, ``zstd``, ``none``) is written
+    with when ``level`` is asked for (None: the default); ValueError for an unknown kind or
+    a level out of range. Two spellings of one output get one level, hence one key."""
+    from forge.core.oci.compression import check
+
+    return check(kind, level)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'forge.oci' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr_name is None else getattr(module, attr_name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from forge._documented import load_index, sha256_digest  # noqa: F401
+    from forge.core.oci import media  # noqa: F401
+    from forge.core.oci.docker_archive import import_docker_archive, write_docker_archive  # noqa: F401
+    from forge.core.oci.image import load  # noqa: F401
+    from forge.core.oci.importers import import_any  # noqa: F401
+    from forge.core.oci.layout import write_layout  # noqa: F401
+    from forge.core.oci.registry import (  # noqa: F401
+        ContentMismatch,
+        Credentials,
+        Reference,
+        RegistryClient,
+        RegistryHTTPError,
+        parse_reference,
+        redact_url,
+        scrub,
+        split_credentials,
+    )
+    from forge.core.oci.rootfs_tar import import_rootfs_tar  # noqa: F401

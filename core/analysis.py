@@ -1,12 +1,18 @@
 """Analysis: targets -> configured targets -> one networkx DiGraph of actions.
 
-Targets are analyzed depth-first from the requested labels; the stack doubles as cycle
-detection, so a target cycle is reported as the chain of labels that forms it.
+Targets are analyzed depth-first from the requested labels, on an explicit stack (a
+chain of thousands of targets needs no Python recursion); the stack doubles as cycle
+detection, so a target cycle is reported as the chain of labels that forms it, at the
+BUILD file:line of the target that closes it. An error a rule raises without a location
+(``ctx.attr.dep[ImageInfo]`` on a target that does not provide it) gets the BUILD
+file:line of the target being analyzed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import networkx as nx
 
@@ -16,7 +22,17 @@ from forge.core.labels import Label
 from forge.core.loading import Loader
 from forge.core.platforms import Platform
 from forge.core.providers import DefaultInfo
-from forge.core.rule import AnalysisContext, ConfiguredTarget
+from forge.core.rule import AnalysisContext, ConfiguredTarget, TargetDef
+
+_LOCATED_RE = re.compile(r"^(?!//)[^\s:]+:\d+\b")  # "file:line" at the start of a message
+
+
+@dataclass
+class _Frame:
+    label: Label
+    target: TargetDef
+    deps: list[tuple[str, Label]]
+    next: int = 0
 
 
 class Analyzer:
@@ -30,31 +46,64 @@ class Analyzer:
     def analyze(self, label: Label, referrer: str = "") -> ConfiguredTarget:
         if label in self.configured:
             return self.configured[label]
-        if label in self._stack:
-            chain = self._stack[self._stack.index(label) :] + [label]
-            raise CycleError("dependency cycle: " + " -> ".join(str(x) for x in chain))
-        target = self.loader.target(label, referrer)
-        self._stack.append(label)
+        if label in self._stack:  # called back from inside a rule's analysis
+            raise self._cycle(label, None, "")
+        base = len(self._stack)
+        frames: list[_Frame] = []
+
+        def push(lbl: Label, target: TargetDef) -> None:
+            self._stack.append(lbl)
+            frames.append(_Frame(lbl, target, target.deps()))
+
         try:
-            deps = {dep: self.analyze(dep, f"{target.location}: {label}") for _, dep in target.deps()}
-            ctx = AnalysisContext(target, deps, self.default_platform, self.epoch)
-            try:
-                returned = list(target.rule().analyze(ctx) or [])
-            except ForgeError:
-                raise
-            except Exception as exc:  # a rule bug: say which rule and target
-                raise AnalysisError(
-                    f"{target.location}: rule {target.rule.name} failed on {label}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            push(label, self.loader.target(label, referrer))
+            while frames:
+                frame = frames[-1]
+                if frame.next < len(frame.deps):
+                    attr, dep = frame.deps[frame.next]
+                    frame.next += 1
+                    if dep in self.configured:
+                        continue
+                    if dep in self._stack:
+                        raise self._cycle(dep, frame.target, attr)
+                    push(dep, self.loader.target(dep, f"{frame.target.location}: {frame.label}"))
+                    continue
+                self.configured[frame.label] = self._configure(frame.target)
+                frames.pop()
+                self._stack.pop()
         finally:
-            self._stack.pop()
+            del self._stack[base:]
+        return self.configured[label]
+
+    def _cycle(self, label: Label, closer: TargetDef | None, attr: str) -> CycleError:
+        chain = " -> ".join(str(x) for x in [*self._stack[self._stack.index(label):], label])
+        if closer is None:
+            return CycleError(f"dependency cycle: {chain}")
+        return CycleError(f"{closer.location}: dependency cycle: {chain} "
+                          f"({closer.label} closes it through '{attr}')")
+
+    def _configure(self, target: TargetDef) -> ConfiguredTarget:
+        label = target.label
+        deps = {dep: self.configured[dep] for _, dep in target.deps()}
+        ctx = AnalysisContext(target, deps, self.default_platform, self.epoch)
+        try:
+            returned = list(target.rule().analyze(ctx) or [])
+        except ForgeError as exc:
+            message = str(exc)
+            if not _LOCATED_RE.match(message):  # say which BUILD line asked
+                where = f"{target.location}: " if target.location else ""
+                exc.args = (f"{where}{label}: {message}" if str(label) not in message
+                            else f"{where}{message}",)
+            raise
+        except Exception as exc:  # a rule bug: say which rule and target
+            raise AnalysisError(
+                f"{target.location}: rule {target.rule.name} failed on {label}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         providers = {type(p): p for p in returned}
         if DefaultInfo not in providers and ctx.actions:
             providers[DefaultInfo] = DefaultInfo(ctx.actions[-1])
-        configured = ConfiguredTarget(label, target.rule.name, providers, ctx.actions, target.location)
-        self.configured[label] = configured
-        return configured
+        return ConfiguredTarget(label, target.rule.name, providers, ctx.actions, target.location)
 
 
 def action_graph(targets: Iterable[ConfiguredTarget]) -> nx.DiGraph:

@@ -83,13 +83,38 @@ class ExecutorRegistry:
 
 
 def _import(name: str, where: str) -> Any:
+    """Import a plugin module; any failure is a ConfigError naming it and the file:line."""
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(f"{where}: cannot import plugin module '{name}': {exc}") from None
+    except SyntaxError as exc:
+        at = f"{exc.filename}:{exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        raise ConfigError(f"{where}: plugin module '{name}' does not compile: {at}: "
+                          f"{type(exc).__name__}: {exc.msg}") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ConfigError(f"{where}: cannot import plugin module '{name}': {exc} "
+                              "(is it on PYTHONPATH, or installed?)") from None
+        raise ConfigError(f"{where}: plugin module '{name}' failed to import: "
+                          f"{_last_frame(exc)}{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # its top level raised: a bug in the plugin, located
+        raise ConfigError(f"{where}: plugin module '{name}' failed to import: "
+                          f"{_last_frame(exc)}{type(exc).__name__}: {exc}") from exc
 
 
-def make_plugin_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
+def _last_frame(exc: BaseException) -> str:
+    """``file:line: `` of the innermost frame outside importlib, or ''."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename
+              and not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+
+
+def make_plugin_manager(extra_modules: list[str] = (), where: str | None = None) -> pluggy.PluginManager:
+    """Built-ins, entry points, then ``extra_modules``; ``where`` says where those were
+    listed, for messages (default: the list's own ``where``, as ``Workspace.plugin_modules``
+    has, ``/ws/WORKSPACE.toml:12: [plugins] modules``)."""
+    where = where or getattr(extra_modules, "where", "") or "WORKSPACE.toml [plugins] modules"
     pm = pluggy.PluginManager("forge")
     pm.add_hookspecs(hookspecs)
     for name in BUILTIN_PLUGINS:
@@ -105,9 +130,36 @@ def make_plugin_manager(extra_modules: list[str] = ()) -> pluggy.PluginManager:
             pm.register(ep.load(), name=ep.name)
     for name in extra_modules:
         if pm.get_plugin(name) is None:
-            pm.register(_import(name, "WORKSPACE.toml [plugins] modules"), name=name)
-    pm.check_pending()
+            module = _import(name, where)
+            try:
+                pm.register(module, name=name)
+            except pluggy.PluginValidationError as exc:
+                raise ConfigError(f"{where}: plugin module '{name}' ({getattr(module, '__file__', '?')}): "
+                                  f"{exc}") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(_unknown_hook_message(pm, exc)) from exc
     return pm
+
+
+def _unknown_hook_message(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> str:
+    """Which plugin, file:line and hook, with the nearest real hook name."""
+    import re
+
+    m = re.search(r"unknown hook '([^']+)'", str(exc))
+    if not m:
+        return f"plugin {pm.get_name(exc.plugin) or exc.plugin!r}: {exc}"
+    hook = m.group(1)
+    where = ""
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            where = f" ({code.co_filename}:{code.co_firstlineno})"
+            break
+    known = [h for h in vars(pm.hook) if not h.startswith("_") and getattr(pm.hook, h).has_spec()]
+    return (f"plugin {pm.get_name(exc.plugin) or exc.plugin!r}{where}: unknown hook '{hook}'"
+            f"{did_you_mean(hook, known)}; hooks: {', '.join(sorted(known))}")
 
 
 def plugin_names(pm: pluggy.PluginManager) -> list[str]:

@@ -58,7 +58,7 @@ class Session:
         self.pm.hook.forge_register_executors.call_historic(kwargs={"registry": self.executors})
         configure_plugins(self.pm, self.workspace)
         self.reporter = reporter or NullReporter()
-        self.loader = Loader(self.workspace.root, self.rules)
+        self.loader = Loader(self.workspace.root, self.rules, self.workspace.glob_excludes)
         self._cas: CAS | None = None
         self._ac: ActionCache | None = None
         self._digests: FileDigests | None = None
@@ -71,20 +71,20 @@ class Session:
     @property
     def cas(self) -> CAS:
         if self._cas is None:
-            self._cas = CAS(self.cache_dir / "cas")
+            self._cas = CAS(self.workspace.checked_cache_dir() / "cas")
         return self._cas
 
     @property
     def action_cache(self) -> ActionCache:
         if self._ac is None:
-            self._ac = ActionCache(self.cache_dir / "ac", self.cas)
+            self._ac = ActionCache(self.workspace.checked_cache_dir() / "ac", self.cas)
         return self._ac
 
     @property
     def file_digests(self) -> FileDigests:
         if self._digests is None:
             ws = blake3.blake3(str(self.workspace.root).encode()).hexdigest()[:16]
-            self._digests = FileDigests(self.cache_dir / "stat-memo" / f"{ws}.json")
+            self._digests = FileDigests(self.workspace.checked_cache_dir() / "stat-memo" / f"{ws}.json")
         return self._digests
 
     def executor(self, name: str) -> Any:
@@ -237,7 +237,7 @@ def configure_plugins(pm: Any, workspace: Workspace) -> None:
     for table in workspace.plugin_tables:
         if table not in names.values():
             raise ConfigError(
-                f"{workspace.root / 'WORKSPACE.toml'}: [plugins.{table}] names no loaded plugin"
+                f"{workspace.where('plugins', table)}: [plugins.{table}] names no loaded plugin"
                 f"{did_you_mean(table, names.values())}; loaded: {', '.join(sorted(names.values()))}"
             )
     for impl in pm.hook.forge_configure.get_hookimpls():

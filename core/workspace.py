@@ -2,26 +2,41 @@
 
 Every table and key is declared in ``SCHEMA`` so that an unknown key is an error that names
 the file, the key and the nearest valid key: a misspelt ``[remote_cahce]`` must never be
-silently ignored. ``[plugins.<name>]`` tables are free-form and handed to that plugin;
-``[executors.<name>]`` likewise to the executor.
+silently ignored. Every value is type-checked (elements of lists too) and a mistake names
+the file, the line, the key, what was expected and what was given. ``[plugins.<name>]``
+tables are free-form and handed to that plugin; ``[executors.<name>]`` likewise to the
+executor (their ``hosts`` tables, ``platform = "engine URL"``, are checked here).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import reprlib
+import tempfile
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forge.core.errors import ConfigError, did_you_mean
+from forge.core.errors import ConfigError, ForgeError, did_you_mean
 
 WORKSPACE_FILE = "WORKSPACE.toml"
+OUT_DIR_NAME = "forge-out"  # at the workspace root; never globbed, never a package
+DEFAULT_GLOB_EXCLUDES: tuple[str, ...] = (".git",)
+MAX_TOML_NESTING = 100  # arrays and inline tables within each other (tomllib recurses)
 
 # table -> {key: (type, default)}; a table mapped to None takes arbitrary sub-tables.
-SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]] | None] = {
+# A type may be ``list[str]``: a list whose every element is a str.
+SCHEMA: dict[str, dict[str, tuple[Any, Any]] | None] = {
     "workspace": {"name": (str, "")},
-    "build": {"jobs": (int, 0), "platforms": (list, []), "keep_going": (bool, False)},
+    "build": {
+        "jobs": (int, 0),
+        "platforms": (list[str], []),
+        "keep_going": (bool, False),
+        "glob_excludes": (list[str], list(DEFAULT_GLOB_EXCLUDES)),
+    },
     "cache": {"dir": (str, ""), "max_size": (str, "")},
     "remote_cache": {
         "url": (str, ""),
@@ -34,6 +49,20 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]] | None] = {
     "executors": None,
 }
 
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_VIRTUAL_FS = ("/proc", "/sys", "/dev")
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlevel = 3
+
+
+class Listed(list):
+    """A list read from WORKSPACE.toml that remembers where (``file:line [table] key``)."""
+
+    def __init__(self, items: Any = (), where: str = ""):
+        super().__init__(items)
+        self.where = where
+
 
 @dataclass
 class Workspace:
@@ -42,6 +71,8 @@ class Workspace:
     config: dict[str, dict[str, Any]]
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     plugin_modules: list[str] = field(default_factory=list)
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict, repr=False)  # key path -> line
+    _usable_cache: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def jobs(self) -> int:
@@ -50,6 +81,11 @@ class Workspace:
     @property
     def platforms(self) -> list[str]:
         return list(self.config["build"]["platforms"])
+
+    @property
+    def glob_excludes(self) -> list[str]:
+        """Directory names ``glob()`` never enters ([build] glob_excludes, default .git)."""
+        return list(self.config["build"]["glob_excludes"])
 
     @property
     def cache_dir(self) -> Path:
@@ -64,11 +100,30 @@ class Workspace:
         return Path(xdg) / "forge"
 
     @property
+    def cache_dir_source(self) -> str:
+        """Where ``cache_dir`` comes from, for messages."""
+        if os.environ.get("FORGE_CACHE"):
+            return "FORGE_CACHE"
+        if self.config["cache"]["dir"]:
+            return f"{self.where('cache', 'dir')} [cache] dir"
+        return "the default, $XDG_CACHE_HOME/forge"
+
+    def checked_cache_dir(self) -> Path:
+        """``cache_dir``, created if missing; ConfigError when it cannot be used."""
+        if self._usable_cache is None:
+            self._usable_cache = check_cache_dir(self.cache_dir, self.cache_dir_source)
+        return self._usable_cache
+
+    @property
     def out_dir(self) -> Path:
-        return self.root / "forge-out"
+        return self.root / OUT_DIR_NAME
 
     def section(self, name: str) -> dict[str, Any]:
         return self.config.get(name, {})
+
+    def where(self, *key: str) -> str:
+        """``/path/WORKSPACE.toml:LINE`` of a key (or of its table), for messages."""
+        return _where(self.root / WORKSPACE_FILE, self.lines, key)
 
 
 def find_workspace_root(start: Path) -> Path:
@@ -82,13 +137,165 @@ def find_workspace_root(start: Path) -> Path:
     )
 
 
-def _validate(path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def check_cache_dir(path: Path, source: str = "") -> Path:
+    """Make sure ``path`` can hold the cache (creating it); else a ConfigError saying
+    "cache dir X is unusable: why". ``source`` says where the path was configured."""
+    origin = f" (from {source})" if source else ""
+
+    def unusable(why: str) -> ConfigError:
+        return ConfigError(f"cache dir {path}{origin} is unusable: {why}; "
+                           "set FORGE_CACHE or [cache] dir to a writable directory")
+
+    if "\0" in str(path):
+        raise unusable("the path contains a NUL byte")
+    try:
+        resolved = Path(os.path.realpath(path))
+    except (OSError, ValueError) as exc:
+        raise unusable(f"cannot resolve it: {exc}") from None
+    for virtual in _VIRTUAL_FS:
+        if resolved == Path(virtual) or Path(virtual) in resolved.parents:
+            raise unusable(f"{resolved} is under {virtual}, a virtual file system")
+    if resolved.exists() and not resolved.is_dir():
+        raise unusable(f"{resolved} is a file, not a directory")
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unusable(f"cannot create it: {exc.strerror or exc}") from None
+    if not os.access(resolved, os.W_OK | os.X_OK):
+        raise unusable("it is not writable by this user")
+    try:
+        fd, probe = tempfile.mkstemp(dir=resolved, prefix=".forge-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise unusable(f"cannot write in it: {exc.strerror or exc}") from None
+    return path
+
+
+# -- reading --------------------------------------------------------------------------------
+
+_TOML_TOKEN_RE = re.compile(
+    r"""
+      (?P<str>\"\"\"(?:[^"\\]|\\.|"(?!""))*(?:\"\"\"|\Z)
+             |'''(?:[^']|'(?!''))*(?:'''|\Z)
+             |"(?:[^"\\\n]|\\.)*"?
+             |'[^'\n]*'?)
+    | (?P<comment>\#[^\n]*)
+    | (?P<open>[\[{])
+    | (?P<close>[\]}])
+    """,
+    re.X | re.S,
+)
+
+
+def _check_toml_nesting(path: Path, text: str) -> None:
+    """tomllib recurses per level: refuse absurd nesting before it does (RecursionError)."""
+    if text.count("[") + text.count("{") <= MAX_TOML_NESTING:
+        return
+    depth = 0
+    for m in _TOML_TOKEN_RE.finditer(text):
+        kind = m.lastgroup
+        if kind == "open":
+            depth += 1
+            if depth > MAX_TOML_NESTING:
+                line = text.count("\n", 0, m.start()) + 1
+                raise ConfigError(f"{path}:{line}: nested too deep: more than {MAX_TOML_NESTING} "
+                                  f"arrays or inline tables within each other (limit {MAX_TOML_NESTING})")
+        elif kind == "close":
+            depth = max(0, depth - 1)
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 at byte {exc.start} (0x{data[exc.start]:02x}); "
+                          f"{WORKSPACE_FILE} must be UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_HEADER_RE = re.compile(rf"^\s*\[\[?\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\]?")
+_ASSIGN_RE = re.compile(rf"^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+_PART_RE = re.compile(_KEY_PART)
+
+
+def _key_path(text: str) -> tuple[str, ...]:
+    return tuple(p.strip("\"'") for p in _PART_RE.findall(text))
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Best-effort map of every table and key path to the line that defines it."""
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), 1):
+        m = _HEADER_RE.match(line)
+        if m:
+            table = _key_path(m.group(1))
+            for i in range(1, len(table) + 1):  # [a.b.c] defines a and a.b too
+                lines.setdefault(table[:i], number)
+            continue
+        m = _ASSIGN_RE.match(line)
+        if m:
+            key = table + _key_path(m.group(1))
+            for i in range(len(table) + 1, len(key) + 1):  # a.b.c = 1 defines a.b too
+                lines.setdefault(key[:i], number)
+    return lines
+
+
+def _where(path: Path, lines: dict[tuple[str, ...], int], key: tuple[str, ...]) -> str:
+    for i in range(len(key), 0, -1):
+        if key[:i] in lines:
+            return f"{path}:{lines[key[:i]]}"
+    return str(path)
+
+
+def _describe(typ: Any) -> str:
+    if isinstance(typ, types.GenericAlias):
+        return f"a list of {_describe(typ.__args__[0]).removeprefix('a ')}s"
+    return {bool: "a boolean (true/false)", int: "a whole number", str: "a string",
+            list: "a list", dict: "a table"}.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", str: "string", float: "float", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _is(value: Any, typ: type) -> bool:
+    return isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+
+
+def _type_error(value: Any, typ: Any) -> str | None:
+    """None when ``value`` is a ``typ``; else what was given instead."""
+    if isinstance(typ, types.GenericAlias):
+        if not isinstance(value, list):
+            return f"{_type_name(value)} {_short.repr(value)}"
+        (elem,) = typ.__args__
+        for i, item in enumerate(value):
+            if not _is(item, elem):
+                return f"{_type_name(item)} {_short.repr(item)} at index {i}"
+        return None
+    return None if _is(value, typ) else f"{_type_name(value)} {_short.repr(value)}"
+
+
+def _validate(path: Path, data: dict[str, Any], lines: dict[tuple[str, ...], int]) -> dict[str, dict[str, Any]]:
+    def at(*key: str) -> str:
+        return _where(path, lines, key)
+
     config: dict[str, dict[str, Any]] = {}
     for table, value in data.items():
         if table not in SCHEMA:
-            raise ConfigError(f"{path}: unknown table [{table}]{did_you_mean(table, SCHEMA)}")
+            raise ConfigError(f"{at(table)}: unknown table [{table}]{did_you_mean(table, SCHEMA)}; "
+                              f"valid tables: {', '.join(SCHEMA)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: [{table}] must be a table, not {type(value).__name__}")
+            raise ConfigError(f"{at(table)}: {table} must be a table ([{table}]), got "
+                              f"{_type_name(value)} {_short.repr(value)}")
     for table, keys in SCHEMA.items():
         given = data.get(table, {})
         if keys is None:
@@ -98,41 +305,105 @@ def _validate(path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for key, val in given.items():
             if key not in keys:
                 raise ConfigError(
-                    f"{path}: unknown key '{key}' in [{table}]{did_you_mean(key, keys)}; "
+                    f"{at(table, key)}: unknown key '{key}' in [{table}]{did_you_mean(key, keys)}; "
                     f"valid keys: {', '.join(sorted(keys))}"
                 )
             typ = keys[key][0]
-            if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
-                raise ConfigError(
-                    f"{path}: [{table}] {key} = {val!r} should be a {getattr(typ, '__name__', typ)}"
-                )
+            got = _type_error(val, typ)
+            if got is not None:
+                if (table, key) == ("remote_cache", "url"):  # may hold a password: type only
+                    got = _type_name(val)
+                raise ConfigError(f"{at(table, key)}: [{table}] {key} should be {_describe(typ)}, got {got}")
             section[key] = val
         for key, (_, default) in keys.items():
             section.setdefault(key, default)
         config[table] = section
+    _check_values(config, at)
     return config
+
+
+def _check_values(config: dict[str, dict[str, Any]], at: Any) -> None:
+    """What the types alone do not say."""
+    from forge.core.platforms import parse_platform
+
+    build = config["build"]
+    if build["jobs"] < 0:
+        raise ConfigError(f"{at('build', 'jobs')}: [build] jobs should be 0 (one per CPU) or more, "
+                          f"got {build['jobs']}")
+    for i, text in enumerate(build["platforms"]):
+        try:
+            parse_platform(text)
+        except ForgeError as exc:
+            raise ConfigError(f"{at('build', 'platforms')}: [build] platforms[{i}]: {exc}") from None
+    for i, name in enumerate(build["glob_excludes"]):
+        if not name or "/" in name or "\0" in name or name in (".", ".."):
+            raise ConfigError(f"{at('build', 'glob_excludes')}: [build] glob_excludes[{i}] = "
+                              f"{_short.repr(name)} should be a directory name (no '/', not '.' or '..')")
+    if "\0" in config["cache"]["dir"]:
+        raise ConfigError(f"{at('cache', 'dir')}: [cache] dir contains a NUL byte")
+    for name, table in config["executors"].items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{at('executors', name)}: executors.{name} should be a table "
+                              f"([executors.{name}]), got {_type_name(table)} {_short.repr(table)}")
+        hosts = table.get("hosts")
+        if hosts is None:
+            continue
+        if not isinstance(hosts, dict):
+            raise ConfigError(f"{at('executors', name, 'hosts')}: [executors.{name}] hosts should be a table "
+                              f"of platform = \"engine URL\", got {_type_name(hosts)} {_short.repr(hosts)}")
+        for platform, url in hosts.items():
+            where = at("executors", name, "hosts", platform)
+            try:
+                parse_platform(platform)
+            except ForgeError as exc:
+                raise ConfigError(f"{where}: [executors.{name}.hosts] {exc}") from None
+            if not isinstance(url, str) or not url or "\0" in url:
+                raise ConfigError(f"{where}: [executors.{name}.hosts] {platform} should be an engine URL "
+                                  f"string, got {_type_name(url)} {_short.repr(url)}")
+
+
+def _decode_error(path: Path, text: str, message: str) -> str:
+    """tomllib's "msg (at line 3, column 5)" as "file:3:5: msg"."""
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if m:
+        return f"{path}:{m.group(1)}:{m.group(2)}: {message[:m.start()]}"
+    m = re.search(r"\s*\(at end of document\)$", message)
+    if m:
+        return f"{path}:{text.count(chr(10)) + 1}: {message[:m.start()]} (at the end of the file)"
+    return f"{path}: {message}"
 
 
 def load_workspace(root: Path) -> Workspace:
     path = root / WORKSPACE_FILE
+    text = _read(path)
+    _check_toml_nesting(path, text)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    config = _validate(path, data)
+        raise ConfigError(_decode_error(path, text, str(exc))) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep for the TOML parser (limit {MAX_TOML_NESTING})") from None
+    lines = _key_lines(text)
+    config = _validate(path, data, lines)
     plugins = config["plugins"]
     modules = plugins.get("modules", [])
-    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise ConfigError(f"{path}: [plugins] modules must be a list of module names")
+    where = _where(path, lines, ("plugins", "modules"))
+    got = _type_error(modules, list[str])
+    if got is not None:
+        raise ConfigError(f"{where}: [plugins] modules should be a list of module names (strings), got {got}")
+    for i, module in enumerate(modules):
+        if not _MODULE_RE.fullmatch(module):
+            raise ConfigError(f"{where}: [plugins] modules[{i}] = {_short.repr(module)} is not a Python module "
+                              "name (dotted identifiers, e.g. \"my_plugin\" or \"tools.forge_rules\")")
     tables = {k: v for k, v in plugins.items() if isinstance(v, dict)}
     extra = [k for k, v in plugins.items() if k != "modules" and not isinstance(v, dict)]
     if extra:
         raise ConfigError(
-            f"{path}: unknown key '{extra[0]}' in [plugins]{did_you_mean(extra[0], ['modules'])}; "
-            "use `modules = [...]` or a [plugins.<name>] table"
+            f"{_where(path, lines, ('plugins', extra[0]))}: unknown key '{extra[0]}' in [plugins]"
+            f"{did_you_mean(extra[0], ['modules'])}; use `modules = [...]` or a [plugins.<name>] table"
         )
     name = config["workspace"]["name"] or root.name
-    return Workspace(root, name, config, tables, list(modules))
+    return Workspace(root, name, config, tables, Listed(modules, f"{where}: [plugins] modules"), lines)
 
 
 def source_date_epoch(raw: str | None) -> int:

@@ -32,11 +32,13 @@ def _hosts(workspace: Any) -> dict[forge.Platform, str]:
     table = workspace.section("executors").get("docker", {})
     unknown = set(table) - {"hosts"}
     if unknown:
-        raise forge.ConfigError(f"WORKSPACE.toml [executors.docker]: unknown key '{sorted(unknown)[0]}'; "
-                          "valid keys: hosts")
+        key = sorted(unknown)[0]
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', key)}: [executors.docker] "
+                                f"unknown key '{key}'; valid keys: hosts")
     hosts = table.get("hosts", {})
     if not isinstance(hosts, dict):
-        raise forge.ConfigError("WORKSPACE.toml [executors.docker] hosts must be a table platform = url")
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'hosts')}: [executors.docker] "
+                                "hosts must be a table platform = url")
     return {forge.parse_platform(k): v for k, v in hosts.items()}
 
 

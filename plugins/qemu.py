@@ -108,8 +108,13 @@ def ensure_emulation(platform: forge.Platform, doing: str = "run {platform} acti
 def forge_configure(workspace: Any, config: dict[str, Any]) -> None:
     unknown = set(config) - {"binfmt_dir"}
     if unknown:
-        raise forge.ConfigError(f"WORKSPACE.toml [plugins.qemu]: unknown key '{sorted(unknown)[0]}'; "
-                          "valid keys: binfmt_dir")
+        key = sorted(unknown)[0]
+        raise forge.ConfigError(f"{workspace.where('plugins', 'qemu', key)}: [plugins.qemu] unknown key "
+                                f"'{key}'; valid keys: binfmt_dir")
+    if "binfmt_dir" in config and not isinstance(config["binfmt_dir"], str):
+        raise forge.ConfigError(f"{workspace.where('plugins', 'qemu', 'binfmt_dir')}: [plugins.qemu] "
+                                f"binfmt_dir should be a string (a directory path), got "
+                                f"{type(config['binfmt_dir']).__name__}")
     _config.clear()
     _config.update(config)
 

@@ -339,7 +339,7 @@ PKG_CHARS = r"[A-Za-z0-9_.\-]"
 NAME_FIRST = r"[A-Za-z0-9_.+\-@=,~]"
 NAME_CHARS = r"[A-Za-z0-9_.+\-@=,~/]"
 
-components = st.from_regex(rf"{PKG_CHARS}{{1,8}}", fullmatch=True).filter(lambda c: c not in (".", ".."))
+components = st.from_regex(rf"{PKG_CHARS}{{1,8}}", fullmatch=True).filter(lambda c: c not in (".", "..", "..."))
 packages = st.lists(components, max_size=4).map("/".join)
 nonempty_packages = st.lists(components, min_size=1, max_size=4).map("/".join)
 names = st.from_regex(rf"{NAME_FIRST}{NAME_CHARS}{{0,10}}", fullmatch=True).filter(

@@ -149,3 +149,26 @@ def test_a_source_edited_while_its_action_runs_is_never_recorded_under_the_old_k
     # the recorded entry is the new content's: a plain build now is a cache hit on it
     again = ws.run("build", "//p:solo", "--json").assert_success()
     assert again.executed() == []
+
+
+@pytest.mark.parametrize("how", ["build file", "star file", "package directory"])
+def test_build_and_star_files_outside_the_workspace_are_not_read(forge_workspace, outside, how):
+    (outside / "BUILD").write_text(f'layer(name = "x", srcs = [])  # {SECRET}\n')
+    (outside / "defs.star").write_text(f'X = "{SECRET}"\n')
+    files = {"p/BUILD": 'load(":defs.star", "X")\n'} if how == "star file" else {}
+    ws = forge_workspace(files)
+    if how == "build file":
+        (ws.root / "p").mkdir()
+        os.symlink(outside / "BUILD", ws.root / "p/BUILD")
+    elif how == "star file":
+        os.symlink(outside / "defs.star", ws.root / "p/defs.star")
+    else:
+        os.symlink(outside, ws.root / "p")
+    opened, active = audit_reads([outside / "BUILD", outside / "defs.star"])
+    try:
+        out = ws.run("build", "//p:all")
+    finally:
+        active[0] = False
+    out.assert_failure(2)
+    assert "outside the workspace" in out.stderr and SECRET not in out.stdout + out.stderr
+    assert opened == []

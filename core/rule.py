@@ -24,7 +24,9 @@ from forge.core.platforms import Platform
 
 def sandbox_roots(workspace_root: str) -> tuple[str, ...]:
     """Extra roots a workspace allows reads from (``[workspace] external_roots``)."""
-    return ()
+    from forge.core.workspace import external_roots
+
+    return external_roots(workspace_root)
 
 
 class Rule:

@@ -10,6 +10,7 @@ executor (their ``hosts`` tables, ``platform = "engine URL"``, are checked here)
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import reprlib
@@ -30,7 +31,7 @@ MAX_TOML_NESTING = 100  # arrays and inline tables within each other (tomllib re
 # table -> {key: (type, default)}; a table mapped to None takes arbitrary sub-tables.
 # A type may be ``list[str]``: a list whose every element is a str.
 SCHEMA: dict[str, dict[str, tuple[Any, Any]] | None] = {
-    "workspace": {"name": (str, "")},
+    "workspace": {"name": (str, ""), "external_roots": (list[str], [])},
     "build": {
         "jobs": (int, 0),
         "platforms": (list[str], []),
@@ -81,6 +82,13 @@ class Workspace:
     @property
     def platforms(self) -> list[str]:
         return list(self.config["build"]["platforms"])
+
+    @property
+    def external_roots(self) -> tuple[str, ...]:
+        """Directories outside the workspace that targets may read from ([workspace]
+        external_roots; relative paths are relative to the workspace root)."""
+        return tuple(os.path.normpath(os.path.join(self.root, os.path.expanduser(r)))
+                     for r in self.config["workspace"]["external_roots"])
 
     @property
     def glob_excludes(self) -> list[str]:
@@ -418,3 +426,11 @@ def source_date_epoch(raw: str | None) -> int:
     if value < 0:
         raise ConfigError(f"SOURCE_DATE_EPOCH={raw!r} is negative")
     return value
+
+
+@functools.lru_cache(maxsize=8)
+def external_roots(root: str) -> tuple[str, ...]:
+    """``[workspace] external_roots`` of the workspace at ``root`` (read once per process)."""
+    if not os.path.isfile(os.path.join(root, WORKSPACE_FILE)):
+        return ()
+    return load_workspace(Path(root)).external_roots

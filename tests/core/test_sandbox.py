@@ -172,3 +172,18 @@ def test_build_and_star_files_outside_the_workspace_are_not_read(forge_workspace
     out.assert_failure(2)
     assert "outside the workspace" in out.stderr and SECRET not in out.stdout + out.stderr
     assert opened == []
+
+
+def test_a_declared_external_root_may_be_read(forge_workspace, outside):
+    ws = forge_workspace({
+        "WORKSPACE.toml": f'[workspace]\nname = "x"\nexternal_roots = ["{outside}"]\n',
+        "p/BUILD": 'oci_import(name = "t", src = "../../outside/rootfs.tar", platform = "amd64")\n',
+    })
+    out = ws.run("build", "//p:t", "--json").assert_success()
+    assert out.executed() == ["//p:t#OciImport.0"]
+    bad = forge_workspace({
+        "WORKSPACE.toml": '[workspace]\nname = "y"\nexternal_roots = [1]\n',
+        "p/BUILD": "",
+    }, name="bad")
+    err = bad.run("build", "//p:all").assert_failure(2)
+    assert "WORKSPACE.toml:3" in err.stderr and "external_roots" in err.stderr

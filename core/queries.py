@@ -1,16 +1,26 @@
-"""Target-level queries (deps, rdeps) and the graph picture, over analyzed targets."""
+"""Target-level queries (deps, rdeps), the graph picture over analyzed targets, and
+``query why`` (which builds a minimize target to read its report)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from forge.core.errors import UsageError
-from forge.core.labels import Label
+from forge.core.labels import Label, parse_label
 from forge.core.loading import Loader
+
+if TYPE_CHECKING:
+    from forge.core.session import Session
+
+# The rule whose action writes the harvest report (rules/minimize.py registers it under
+# this name); named, not imported: the core imports no rule.
+MINIMIZE_RULE = "minimize"
 
 
 def target_graph(loader: Loader, roots: list[Label]) -> nx.DiGraph:
@@ -74,3 +84,27 @@ def render(dot_text: str, fmt: str, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([exe, f"-T{fmt}", "-o", str(output)], input=dot_text.encode(), check=True)
     return output
+
+
+# -- forge query why -----------------------------------------------------------------------
+
+
+def load_report(session: Session, text: str) -> dict[str, Any]:
+    """Build (normally: find in the cache) the minimize target ``text`` and read its report."""
+    from forge.core.execution import raise_for_failures
+
+    label = parse_label(text, "")
+    rule = session.loader.target(label).rule.name
+    if rule != MINIMIZE_RULE:
+        raise UsageError(f"{label} is a {rule} target; `forge query why` reads the report of a "
+                         f"{MINIMIZE_RULE} target")
+    summaries, outcomes = session.build([str(label)])
+    raise_for_failures(outcomes)
+    return json.loads(session.cas.read_bytes(summaries[0].outputs["report"]))  # a digest
+
+
+def explain_path(session: Session, label: str, path: str) -> list[str]:
+    """``forge query why LABEL PATH``: why ``path`` is in the layer of ``label``."""
+    from forge.core.elf.harvest import why_chain  # loads pyelftools: only for this query
+
+    return why_chain(load_report(session, label), path)

@@ -191,14 +191,12 @@ def base_label(rc: forge.RunContext) -> str:
 def check_fit(rc: forge.RunContext, base: Any, layer: Any, minimized: forge.Action) -> None:
     """Fail if the layer would hide part of the base (a directory over the base's
     ``/lib -> usr/lib``, a symlink over a base directory): the image would not start."""
-    from forge.rules.minimize import MinimizeError, layer_conflicts
-
     tmp = str(rc.tempdir())
     with forge.elf.LayeredRootFS([rc.cas.path(x.digest) for x in base.layers], tmpdir=tmp) as base_fs, \
             forge.elf.LayeredRootFS([rc.cas.path(layer.digest)], tmpdir=tmp) as layer_fs:
-        conflicts = layer_conflicts(base_fs, layer_fs)
+        conflicts = forge.elf.layer_conflicts(base_fs, layer_fs)
     if conflicts:
-        raise MinimizeError(
+        raise forge.elf.MinimizeError(
             f"the layer of {minimized.label} would hide parts of the base:\n    " +
             "\n    ".join(conflicts) +
             f"\n  set production_base = \"{base_label(rc)}\" on {minimized.label} so "

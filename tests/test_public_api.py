@@ -37,7 +37,6 @@ ALLOWED_PLUGIN_IMPORTS = {
 }
 ALLOWED_CORE_IMPORTS = {
     ("core/doctor.py", "forge.plugins"): "issue 12: hooks for commands/doctor/materializers",
-    ("forge/cli.py", "forge.rules.minimize"): "issue 12: hooks for commands/doctor/materializers",
     ("forge/cli.py", "forge.plugins.oci_cache"): "issue 12: hooks for commands/doctor/materializers",
 }
 

@@ -10,6 +10,8 @@ for any architecture and needs no emulator.
 * ``loaderconf``: ld.so.conf, the interpreter's system directories, ``$ORIGIN`` & co.
 * ``resolver``: ``LibraryResolver`` / ``resolve_needed`` — the search rules, with the
   reason each library is needed and what is missing.
+* ``harvest``: the minimize rule's engine — requested paths plus the libraries they
+  need, fitted to a production base, and the report (imported on its own, not here).
 
 Typical use (the minimize rule)::
 

@@ -11,9 +11,9 @@ import pytest
 
 from forge.core.cas import CAS
 from forge.core.elf import DirectoryRootFS
+from forge.core.elf.harvest import HarvestRequest, harvest, why_chain
 from forge.core.oci.image import load_image
 from forge.core.oci.validate import validate_image
-from forge.rules.minimize import HarvestRequest, harvest, why_chain
 from forge.rules.production import packages_dockerfile, production_env
 from tests.minimize.util import (
     MULTIARCH,

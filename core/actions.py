@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import blake3
 
+from forge.core.canonical import canonical_json
 from forge.core.cas import Descriptor
 from forge.core.errors import CacheError
 from forge.core.labels import Label
@@ -28,15 +29,18 @@ from forge.core.platforms import Platform
 # the bytes they write (the layer writer, the image/config writer, the layout of a
 # result record). It enters every key, so two forge versions that would write different
 # bytes never share a cache entry, locally or in a remote cache.
-OUTPUT_FORMAT = 2
+# 3: one canonical JSON (core/canonical.py) with ensure_ascii=False, so non-ASCII params,
+#    inputs and result metadata hash as UTF-8 rather than \u escapes.
+OUTPUT_FORMAT = 3
 
 if TYPE_CHECKING:
     from forge.core.execution import RunContext
 
 
-def canonical_json(obj: Any) -> bytes:
-    """Sorted keys, no whitespace, no floats: the same value always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+class InputDigester(Protocol):
+    """What ``compute_key`` needs to read a source file: ``core.digests.FileDigests``."""
+
+    def digest(self, src: SourceFile) -> InputDigest: ...
 
 
 def _reject_float(text: str) -> Any:
@@ -278,3 +282,28 @@ def key_manifest(
 
 def action_key(manifest: Mapping[str, Any]) -> str:
     return blake3.blake3(canonical_json(dict(manifest))).hexdigest()
+
+
+@dataclass(frozen=True)
+class ActionKey:
+    """An action's key and what it was computed from (for keys.json, explain, and the
+    scheduler's after-the-run check that the inputs did not change)."""
+
+    key: str
+    manifest: dict[str, Any]  # what was hashed; ``key == action_key(manifest)``
+    inputs: tuple[InputDigest, ...]  # in ``action.inputs`` order
+
+
+def compute_key(action: Action, digests: InputDigester,
+                dep_results: Mapping[Action, ActionResult]) -> ActionKey:
+    """The key of ``action``: its inputs' digests and its dependencies' result digests,
+    through ``key_manifest``. Shared by the scheduler and ``forge explain``.
+
+    Pure apart from reading the inputs through ``digests`` (stat-memoized): no session,
+    no cache, no bookkeeping. ``dep_results`` must hold a result for every one of
+    ``action.deps`` (the caller walks the graph in topological order); a missing one is
+    a KeyError. A missing or unreadable input raises BuildFileError.
+    """
+    inputs = tuple(digests.digest(src) for src in action.inputs)
+    manifest = key_manifest(action, list(inputs), [dep_results[d].digest for d in action.deps])
+    return ActionKey(action_key(manifest), manifest, inputs)

@@ -405,6 +405,8 @@ class CAS:
         hashes differently is discarded and BlobMissing is raised: nothing unverified ever
         gets a name. The descriptor is available as ``w.digest``/``w.size`` afterwards.
         """
+        # Not fsutil.atomic_writer: the name is known only after the bytes are hashed, the
+        # temp file lives in tmp/ (owned, collectable debris), and an existing blob is kept.
         fd, tmp = tempfile.mkstemp(prefix=self._temp_prefix(".tmp"), dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -464,6 +466,8 @@ class CAS:
                 self._remember(dest, digest)
                 return
         src = self.path(digest)
+        # Not fsutil.atomic_writer: the copy is hashed while it is written and a mismatch
+        # evicts the blob (not just the temp file), so it keeps its own temp + rename.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
         try:
             h = hashlib.sha256()

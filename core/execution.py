@@ -25,7 +25,7 @@ import blake3
 import networkx as nx
 
 from forge.core.action_cache import ActionCache
-from forge.core.actions import Action, ActionResult, action_key, key_manifest
+from forge.core.actions import Action, ActionResult, InputDigest, compute_key
 from forge.core.cas import CAS, BlobMissing, Descriptor
 from forge.core.digests import FileDigests
 from forge.core.errors import (
@@ -35,6 +35,7 @@ from forge.core.errors import (
     RemoteCacheError,
     RemoteEntryInvalid,
 )
+from forge.core.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from forge.core.session import Session
@@ -183,20 +184,19 @@ class Scheduler:
         self._prepared: dict[tuple[str, str], str | BaseException] = {}
         self._remote_lock = threading.Lock()
         self._warned: set[str] = set()
-        self._keyed_inputs: dict[Action, list[Any]] = {}
+        self._keyed_inputs: dict[Action, list[InputDigest]] = {}
 
     # -- keys -----------------------------------------------------------------------
     def compute_key(self, action: Action) -> str:
-        inputs = [self.digests.digest(src) for src in action.inputs]
-        self._keyed_inputs[action] = inputs
-        deps = [self.results[d].digest for d in action.deps]
-        manifest = key_manifest(action, inputs, deps)
-        key = action_key(manifest)
+        """The pure ``compute_key``, plus this build's bookkeeping: the input digests for
+        the after-the-run check, and the shown manifest for keys.json."""
+        keyed = compute_key(action, self.digests, self.results)
+        self._keyed_inputs[action] = list(keyed.inputs)
         self.manifests[action.id] = {
-            "key": key, "manifest": shown_manifest(manifest), "label": str(action.label),
-            "deps": [d.id for d in action.deps],
+            "key": keyed.key, "manifest": shown_manifest(keyed.manifest),
+            "label": str(action.label), "deps": [d.id for d in action.deps],
         }
-        return key
+        return keyed.key
 
     # -- the walk -------------------------------------------------------------------
     def run(self) -> dict[Action, Outcome]:
@@ -461,9 +461,8 @@ class Scheduler:
     def _write_log(self, path: Path, lines: list[str]) -> None:
         if not lines:
             return
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(lines) + "\n")
+        with contextlib.suppress(OSError):  # a log that cannot be written fails no build
+            write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def shown_manifest(manifest: dict[str, Any]) -> dict[str, Any]:

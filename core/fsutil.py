@@ -3,6 +3,12 @@
 A reader either sees no file or the whole file, never a half-written one, because every
 write goes to a temporary file in the same directory and is renamed into place; a crash
 or SIGKILL leaves only a stray ``.tmp-*`` file that nothing trusts.
+
+Every "write these bytes atomically" goes through here (action-cache entries, keys.json,
+the digest memo, action logs, OCI layout files, docker archives). The CAS keeps its own
+temp + rename in two places, on purpose: ``CAS.writer`` names a blob only after hashing
+what was streamed in, and ``CAS.copy_out`` hashes the copy as it writes and evicts a
+corrupt blob; neither is a plain write of known bytes to a known path.
 """
 
 from __future__ import annotations
@@ -15,6 +21,15 @@ from pathlib import Path
 from typing import IO
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import (single-threaded): umask is process-wide
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False) -> Iterator[IO]:
     """Open a temp file beside ``path``; rename it to ``path`` only if the block succeeds."""
@@ -22,6 +37,9 @@ def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False) -> Itera
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
+        # mkstemp makes 0600; forge's files (layouts, logs, keys.json) are for others to
+        # read too, like any file a build tool writes: 0644 less the umask.
+        os.fchmod(fd, 0o644 & ~_UMASK)
         with os.fdopen(fd, mode) as fh:
             yield fh
             if fsync:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from forge.core.actions import Action, ActionResult, compute_key
 from forge.core.analysis import action_graph
 from forge.core.errors import ForgeError, did_you_mean
 from forge.core.explain import diff_manifests
@@ -57,14 +58,18 @@ def rules_markdown(registry: RuleRegistry) -> str:
 
 
 def explain_target(session: Session, text: str) -> Iterator[str]:
-    """For each action of the target and its dependencies: up to date, or what changed."""
-    from forge.core.execution import Scheduler
+    """For each action of the target and its dependencies: up to date, or what changed.
+
+    Nothing runs: a walk in topological order keys each action with the scheduler's own
+    ``compute_key``, its dependencies' results read from the action cache by their keys.
+    An action whose dependency is not cached would rebuild, and so is not keyed."""
+    from forge.core.execution import shown_manifest
 
     targets, _ = session.analyze([text])
     graph = action_graph(targets)
     previous = session.previous_keys()
-    scheduler = Scheduler(session, graph, jobs=1)
-    unknown: set = set()
+    results: dict[Action, ActionResult] = {}
+    unknown: set[Action] = set()
     for action in nx.lexicographical_topological_sort(graph, key=lambda a: a.id):
         flag = "" if action.hermetic else "  [non-hermetic: uses the network]"
         head = f"{action.id}{flag}"
@@ -72,22 +77,22 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
             unknown.add(action)
             yield f"{head}: would rebuild (a dependency would rebuild)"
             continue
-        key = scheduler.compute_key(action)
-        record = scheduler.manifests[action.id]
+        keyed = compute_key(action, session.file_digests, results)
+        key, manifest = keyed.key, shown_manifest(keyed.manifest)
         old = previous.get(action.id)
-        dep_names = record["deps"]
+        dep_names = [d.id for d in action.deps]
         hit = session.action_cache.lookup(key)
         if hit is not None:
-            scheduler.results[action] = hit
+            results[action] = hit
             if old and old.get("key") == key and old.get("status") == "built" and old.get("previous"):
-                reasons = diff_manifests(old["previous"]["manifest"], record["manifest"], dep_names)
+                reasons = diff_manifests(old["previous"]["manifest"], manifest, dep_names)
                 yield f"{head}: up to date; it rebuilt last time because:"
                 yield from (f"    - {r}" for r in reasons)
             else:
                 yield f"{head}: up to date (cached, key {key[:12]})"
             continue
         unknown.add(action)
-        reasons = diff_manifests(old["manifest"] if old else None, record["manifest"], dep_names)
+        reasons = diff_manifests(old["manifest"] if old else None, manifest, dep_names)
         if old and old.get("key") == key:
             reasons = ["its result is no longer in the cache (gc, clean or a corrupt blob)"]
         yield f"{head}: would rebuild because:"

@@ -33,7 +33,7 @@ import pluggy
 
 hookimpl = pluggy.HookimplMarker("forge")
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic)
 
 # Names resolve on first use (PEP 562) so that `forge --version` does not import the
 # engine (networkx, blake3, starlark).
@@ -44,7 +44,7 @@ _LAZY = {
     "ActionResult": ("forge.core.actions", "ActionResult"),
     "Descriptor": ("forge.core.cas", "Descriptor"),
     "SourceFile": ("forge.core.actions", "SourceFile"),
-    "canonical_json": ("forge.core.actions", "canonical_json"),
+    "canonical_json": ("forge.core.canonical", "canonical_json"),
     "CAS": ("forge.core.cas", "CAS"),
     "RunContext": ("forge.core.execution", "RunContext"),
     "raise_for_failures": ("forge._documented", "raise_for_failures"),
@@ -122,7 +122,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from forge._documented import host_platform, load_image, raise_for_failures  # noqa: F401
     from forge.contracts import Executor, RemoteCache  # noqa: F401
     from forge.core import attrs as attr  # noqa: F401
-    from forge.core.actions import Action, ActionResult, SourceFile, canonical_json  # noqa: F401
+    from forge.core.actions import Action, ActionResult, SourceFile  # noqa: F401
+    from forge.core.canonical import canonical_json  # noqa: F401
     from forge.core.cas import CAS, Descriptor  # noqa: F401
     from forge.core.errors import (  # noqa: F401
         ActionFailed,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-VERSION = "0.1.0"
+from forge import __version__
 
 
 def _fail(exc: BaseException, verbose: bool) -> None:
@@ -65,7 +65,7 @@ def _reporter(as_json: bool):
 
 
 @click.group(cls=ForgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(VERSION, prog_name="forge")
+@click.version_option(__version__, prog_name="forge")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.option("-C", "--directory", "cwd", type=click.Path(file_okay=False), help="Run as if started in DIR.")
 @click.pass_context
@@ -187,7 +187,7 @@ def query_rdeps(ctx, patterns, universe) -> None:
 def query_why(ctx, label, path, platform) -> None:
     """Why PATH is in the layer of the minimize target LABEL: the chain of files that
     needed it, back to the requested path (builds LABEL first if it is not cached)."""
-    from forge.rules.minimize import explain_path
+    from forge.core.queries import explain_path
 
     session = _session(ctx, platform=platform)
     for line in explain_path(session, label, path):

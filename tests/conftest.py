@@ -13,9 +13,18 @@ OWN_TAG_PREFIXES = ("forge-test/", "forge-base/")
 
 
 def created_images(client, before: set[str]) -> list:
-    """Images that appeared since ``before`` and carry a forge or forge-test tag."""
-    return [img for img in client.images.list()
-            if img.id not in before and any(t.startswith(OWN_TAG_PREFIXES) for t in img.tags)]
+    """Images that appeared since ``before`` and carry a forge or forge-test tag.
+
+    Listed by the low-level API (one call, no per-image inspect), so an image another
+    process removes meanwhile on the shared engine is not an ImageNotFound here."""
+    import docker.errors
+
+    found = []
+    for row in client.api.images():
+        if row["Id"] not in before and any(t.startswith(OWN_TAG_PREFIXES) for t in row.get("RepoTags") or ()):
+            with contextlib.suppress(docker.errors.NotFound):
+                found.append(client.images.get(row["Id"]))
+    return found
 
 
 @pytest.fixture
@@ -23,7 +32,7 @@ def docker_client():
     """The real engine. Afterwards, images the test created (new, and tagged forge-test/
     or forge-base/) are untagged and removed; nothing else is touched."""
     client = require_docker()
-    before = {img.id for img in client.images.list(all=True)}
+    before = {row["Id"] for row in client.api.images(all=True)}
     client.forge_images_before = before
     yield client
     for img in created_images(client, before):

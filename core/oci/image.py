@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from forge.core.canonical import canonical_json
 from forge.core.cas import CAS, sha256_digest
 from forge.core.errors import (
     AnalysisError,
@@ -44,11 +45,6 @@ def source_date_epoch(epoch: int | None = None) -> int:
 
 def rfc3339(epoch: int) -> str:
     return _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one JSON encoding forge writes: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _parse_json(data: bytes, what: str) -> dict:

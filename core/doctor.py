@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Check:
+    """One line of ``forge doctor``: what was looked at, whether it works, the detail (and
+    the fix when it does not); ``needed`` checks that fail make doctor exit 1."""
+
     name: str
     ok: bool
     detail: str
@@ -25,7 +28,7 @@ class Check:
 
 def run_checks(session: Session) -> Iterator[Check]:
     from forge.core.cache_admin import stats
-    from forge.core.platforms import host_platform, parse_platform
+    from forge.core.platforms import host_platform
     from forge.core.report import human_size
 
     ws = session.workspace
@@ -33,37 +36,8 @@ def run_checks(session: Session) -> Iterator[Check]:
     host = host_platform()
     yield Check("host platform", True, str(host))
 
-    executor = None
-    try:
-        executor = session.executor("docker")
-    except Exception as exc:  # noqa: BLE001
-        yield Check("docker executor", False, str(exc))
-    if executor is not None:
-        hosts = {None: executor.host_for(None), **{p: h for p, h in executor.hosts.items()}}
-        for platform, url in hosts.items():
-            name = f"engine {url}" + (f" ({platform})" if platform else "")
-            try:
-                yield Check(name, True, f"Docker {executor.version(platform)}")
-            except Exception as exc:  # noqa: BLE001
-                yield Check(name, False, str(exc))
-
-    from forge.plugins import qemu
-
-    platforms = [parse_platform(p) for p in ws.platforms] or [host]
-    for extra in ("linux/arm64", "linux/arm/v7"):
-        if parse_platform(extra) not in platforms:
-            platforms.append(parse_platform(extra))
-    configured = {parse_platform(p) for p in ws.platforms}
-    for platform in platforms:
-        needed = platform in configured
-        if qemu.runs_natively(platform, host):
-            yield Check(f"platform {platform}", True, "native", needed)
-        elif executor is not None and executor.is_native_remote(platform):
-            yield Check(f"platform {platform}", True, f"native engine {executor.host_for(platform)}", needed)
-        else:
-            status = qemu.check(platform)
-            detail = status.detail if status.ok else f"{status.detail}\n{status.fix}"
-            yield Check(f"binfmt {platform}", status.ok, detail, needed)
+    for checks in session.pm.hook.forge_doctor_checks(session=session):
+        yield from checks or ()  # engines (docker plugin), emulation per platform (qemu plugin)
 
     remote = ws.section("remote_cache")
     if remote.get("url"):

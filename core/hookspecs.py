@@ -13,8 +13,10 @@ import pluggy
 
 if TYPE_CHECKING:
     from forge.core.actions import Action, ActionResult
+    from forge.core.doctor import Check
     from forge.core.platforms import Platform
     from forge.core.registry import ExecutorRegistry, RuleRegistry
+    from forge.core.session import Session
     from forge.core.workspace import Workspace
 
 hookspec = pluggy.HookspecMarker("forge")
@@ -89,6 +91,27 @@ def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[A
         ``required``, ``insecure``.
     :returns: a list of ``forge.RemoteCache`` backends (``lookup``, ``upload``, ``ping``,
         ``describe``, ``writable``), or None.
+    """
+
+
+# -- commands and checks -------------------------------------------------------------
+
+
+@hookspec
+def forge_doctor_checks(session: Session) -> list[Check] | None:
+    """Called by ``forge doctor`` after the workspace and host lines, once per plugin.
+
+    :param session: the session (workspace, executors, plugin manager).
+    :returns: the plugin's checks (``forge.DoctorCheck``: name, ok, detail, needed), or None.
+    """
+
+
+@hookspec
+def forge_cli_commands() -> dict[str, Any] | None:
+    """Called when the CLI looks up a command it does not define itself (and for
+    ``--help``), so ``forge --version`` and built-in commands never load plugins.
+
+    :returns: click commands by their path, e.g. ``{"cache push": command}``, or None.
     """
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def human_size(n: int) -> str:
+    """``n`` bytes as people read them: 512 B, 1.5 KB, 3.2 MB, 1.1 GB."""
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":

@@ -46,6 +46,9 @@ class TargetSummary:
 
 
 class Session:
+    """One forge invocation: the workspace, its plugins, the caches and a reporter; ``build``
+    runs Load -> Analyze -> Key -> Execute -> Materialize (plugin commands use it too)."""
+
     def __init__(self, start: Path | None = None, *, reporter: Reporter | None = None,
                  options: dict[str, Any] | None = None):
         self.options = options or {}

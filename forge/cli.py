@@ -46,6 +46,51 @@ class ForgeGroup(click.Group):
             os._exit(130)
 
 
+class PluginGroup(ForgeGroup):
+    """A group that also offers the commands plugins add (``forge_cli_commands``), looked
+    up only when a name is not built in (or for ``--help``): plugins are never loaded for
+    ``forge --version`` or a built-in command."""
+
+    def _path(self, ctx: click.Context) -> str:
+        names = []  # the group's path below the root: "" for forge itself, "cache", ...
+        while ctx.parent is not None:
+            names.append(ctx.info_name or "")
+            ctx = ctx.parent
+        return " ".join(reversed(names))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        found = super().get_command(ctx, name)
+        if found is not None:
+            return found
+        return plugin_commands(ctx).get(f"{self._path(ctx)} {name}".strip())
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        here = self._path(ctx)
+        extra = [path.rsplit(" ", 1)[-1] for path in plugin_commands(ctx)
+                 if (path.rsplit(" ", 1)[0] if " " in path else "") == here]
+        return sorted({*super().list_commands(ctx), *extra})
+
+
+def plugin_commands(ctx: click.Context) -> dict[str, click.Command]:
+    """Every plugin's commands by path ("cache push"): built-in plugins, entry points and
+    the workspace's [plugins] modules when a workspace is found from the working dir."""
+    root = ctx.find_root()
+    cache = root.meta.setdefault("forge.plugin_commands", {})
+    if not cache:
+        from forge.core.registry import make_plugin_manager
+        from forge.core.workspace import find_workspace_root, load_workspace
+
+        modules: list[str] = []
+        try:
+            start = Path((root.obj or {}).get("cwd") or os.getcwd())
+            modules = load_workspace(find_workspace_root(start)).plugin_modules
+        except Exception:  # noqa: BLE001 - no (valid) workspace here: built-in plugins only
+            pass
+        for table in make_plugin_manager(modules).hook.forge_cli_commands():
+            cache.update(table or {})
+    return cache
+
+
 def _session(ctx: click.Context, reporter=None, **options: Any):
     from forge.core.session import Session
 
@@ -64,7 +109,7 @@ def _reporter(as_json: bool):
     return PlainReporter()
 
 
-@click.group(cls=ForgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="forge")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks for errors.")
 @click.option("-C", "--directory", "cwd", type=click.Path(file_okay=False), help="Run as if started in DIR.")
@@ -277,7 +322,7 @@ def doctor(ctx) -> None:
 # -- cache / clean ------------------------------------------------------------------------
 
 
-@main.group()
+@main.group(cls=PluginGroup)
 def cache() -> None:
     """Inspect and trim the local cache; push results to the remote cache."""
 
@@ -317,30 +362,6 @@ def cache_gc(ctx, max_size, max_age) -> None:
     click.echo(f"removed {report.removed} blobs ({human_size(report.freed)}), {report.dropped} action "
                f"results, {report.debris.entries} temp entries of dead builds "
                f"({human_size(report.debris.bytes)})")
-
-
-@cache.command("push")
-@click.argument("patterns", nargs=-1, required=True)
-@click.option("--remote-cache", "remote_cache", help="Remote cache URL (default: [remote_cache] url).")
-@click.option("--platform", help="Default platform, as for build.")
-@click.option("-j", "--jobs", type=int, help="Actions to run at once, if some must be built.")
-@click.pass_context
-def cache_push(ctx, patterns, remote_cache, platform, jobs) -> None:
-    """Upload every action result of PATTERNS' graph to the remote cache (building what
-    the local cache lacks first), whether or not the remote is configured writable."""
-    from forge.core.report import PlainReporter, human_size
-    from forge.plugins.oci_cache import push_results
-
-    session = _session(ctx, PlainReporter(), platform=platform, jobs=jobs, remote_cache_url=remote_cache)
-    s = push_results(session, list(patterns))
-    click.echo(f"{s.actions} action results ({s.built} built now): {s.stats.results} pushed to "
-               f"{s.remote}, {s.stats.present} already there; {s.stats.blobs} blobs "
-               f"({human_size(s.stats.bytes)}) uploaded")
-    if s.stats.conflicts:
-        click.echo(f"{s.stats.conflicts} key(s) already held another result in the remote: kept "
-                   "(first writer wins; the action may not be reproducible)")
-    if s.stats.repaired:
-        click.echo(f"{s.stats.repaired} broken remote entr{'y' if s.stats.repaired == 1 else 'ies'} replaced")
 
 
 @main.command()

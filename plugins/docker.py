@@ -196,3 +196,21 @@ def build_context(package_dir: Path, root: str, relpaths: list[str],
 @forge.hookimpl
 def forge_register_executors(registry: Any) -> None:
     registry.add("docker", DockerExecutor)
+
+
+@forge.hookimpl(tryfirst=True)
+def forge_doctor_checks(session: Any) -> list[Any]:
+    """The engine of every configured host answers, and which Docker it is."""
+    try:
+        executor = session.executor("docker")
+    except Exception as exc:  # noqa: BLE001
+        return [forge.DoctorCheck("docker executor", False, str(exc))]
+    checks = []
+    hosts = {None: executor.host_for(None), **dict(executor.hosts.items())}
+    for platform, url in hosts.items():
+        name = f"engine {url}" + (f" ({platform})" if platform else "")
+        try:
+            checks.append(forge.DoctorCheck(name, True, f"Docker {executor.version(platform)}"))
+        except Exception as exc:  # noqa: BLE001
+            checks.append(forge.DoctorCheck(name, False, str(exc)))
+    return checks

@@ -689,3 +689,37 @@ def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[A
         # `required = true` feeds the same one.
         options["remote_cache_required"] = True
     return [OciCache(settings)]
+
+
+@forge.hookimpl
+def forge_cli_commands() -> dict[str, Any]:
+    """``forge cache push``: this plugin's command (the CLI loads it only when asked)."""
+    import os
+    from pathlib import Path
+
+    import click
+
+    @click.command("push")
+    @click.argument("patterns", nargs=-1, required=True)
+    @click.option("--remote-cache", "remote_cache", help="Remote cache URL (default: [remote_cache] url).")
+    @click.option("--platform", help="Default platform, as for build.")
+    @click.option("-j", "--jobs", type=int, help="Actions to run at once, if some must be built.")
+    @click.pass_context
+    def cache_push(ctx, patterns, remote_cache, platform, jobs) -> None:
+        """Upload every action result of PATTERNS' graph to the remote cache (building what
+        the local cache lacks first), whether or not the remote is configured writable."""
+        options = {k: v for k, v in {"platform": platform, "jobs": jobs,
+                                     "remote_cache_url": remote_cache}.items() if v is not None}
+        cwd = (ctx.find_root().obj or {}).get("cwd") or os.getcwd()
+        session = forge.Session(Path(cwd), reporter=forge.PlainReporter(), options=options)
+        s = push_results(session, list(patterns))
+        click.echo(f"{s.actions} action results ({s.built} built now): {s.stats.results} pushed to "
+                   f"{s.remote}, {s.stats.present} already there; {s.stats.blobs} blobs "
+                   f"({forge.human_size(s.stats.bytes)}) uploaded")
+        if s.stats.conflicts:
+            click.echo(f"{s.stats.conflicts} key(s) already held another result in the remote: kept "
+                       "(first writer wins; the action may not be reproducible)")
+        if s.stats.repaired:
+            click.echo(f"{s.stats.repaired} broken remote entr{'y' if s.stats.repaired == 1 else 'ies'} replaced")
+
+    return {"cache push": cache_push}

@@ -127,3 +127,33 @@ def forge_prepare_platform(platform: forge.Platform, executor: str, workspace: A
     if any(forge.parse_platform(k) == platform for k in hosts):
         return f"native {platform} engine"
     return f"QEMU emulation ({ensure_emulation(platform).detail})"
+
+
+@forge.hookimpl
+def forge_doctor_checks(session: Any) -> list[Any]:
+    """Per platform: native, a native engine, or binfmt emulation (FAIL for a configured
+    platform that cannot run, a warning for the others)."""
+    ws = session.workspace
+    host = forge.host_platform()
+    platforms = [forge.parse_platform(p) for p in ws.platforms] or [host]
+    for extra in ("linux/arm64", "linux/arm/v7"):
+        if forge.parse_platform(extra) not in platforms:
+            platforms.append(forge.parse_platform(extra))
+    configured = {forge.parse_platform(p) for p in ws.platforms}
+    native_hosts = {}
+    for table in ws.section("executors").values():
+        for key, url in (table.get("hosts", {}) if isinstance(table, dict) else {}).items():
+            native_hosts.setdefault(forge.parse_platform(key), url)
+    checks = []
+    for platform in platforms:
+        needed = platform in configured
+        if runs_natively(platform, host):
+            checks.append(forge.DoctorCheck(f"platform {platform}", True, "native", needed))
+        elif platform in native_hosts:
+            checks.append(forge.DoctorCheck(f"platform {platform}", True,
+                                            f"native engine {native_hosts[platform]}", needed))
+        else:
+            status = check(platform)
+            detail = status.detail if status.ok else f"{status.detail}\n{status.fix}"
+            checks.append(forge.DoctorCheck(f"binfmt {platform}", status.ok, detail, needed))
+    return checks

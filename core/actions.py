@@ -190,9 +190,6 @@ class ActionResult:
         rebuilds off and any difference a consumer could observe re-keys it."""
         return blake3.blake3(canonical_json(self.identity)).hexdigest()
 
-    def output(self, name: str) -> Descriptor:
-        return self.outputs[name]
-
     @property
     def sizes(self) -> dict[str, int]:
         return {d.digest: d.size for d in self.blobs}

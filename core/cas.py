@@ -561,11 +561,6 @@ class CAS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(digest))
 
-    def touch(self, digest: str) -> None:
-        """Mark a blob used now (for least-recently-used garbage collection)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._str(digest))
-
     def iter_blobs(self) -> Iterator[tuple[str, os.stat_result]]:
         for entry in os.scandir(self._blobs):
             if entry.is_file() and not entry.name.startswith("."):

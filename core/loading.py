@@ -375,6 +375,9 @@ class Loader:
         kwargs.pop("visibility", None)
         label = parse_label(f":{name}", pkg.name)
         where = f"{label} ({rule_name})"
+        if name in ("all", "all-targets", "*"):  # the package wildcard: never addressable
+            raise BuildFileError(f"target name '{name}' is reserved: //{pkg.name}:{name} means every "
+                                 "target of the package; choose another name")
         if name in pkg.targets:
             raise BuildFileError(f"duplicate target name '{name}' in //{pkg.name} "
                                  f"(first declared at {pkg.targets[name].location})")

@@ -20,25 +20,36 @@ def default_tag(summary: TargetSummary) -> str:
     return f"{repo}:latest"
 
 
-def load_into_engine(session: Session, summary: TargetSummary, tag: str | None) -> str | None:
-    """Load a single-platform image target into the engine (as a docker-archive)."""
+def platform_suffix(platform) -> str:
+    """The tag suffix of a platform, as Docker users spell it: amd64, arm64, arm-v7."""
+    variant = f"-{platform.variant}" if platform.variant and platform.architecture == "arm" else ""
+    return platform.architecture + variant
+
+
+def load_into_engine(session: Session, summary: TargetSummary, tag: str | None) -> list[str]:
+    """Load an image target into the engine (as a docker-archive); an index loads each
+    platform's image under ``<tag>-<platform>`` (e.g. ``app:1-arm64``). Returns the refs."""
     from forge.core.oci.docker_archive import write_docker_archive
-    from forge.core.oci.image import load_image
+    from forge.core.oci.image import load, load_image
     from forge.core.platforms import parse_platform
 
-    digest = summary.outputs.get("manifest")
-    if not digest:
-        return None
-    image = load_image(session.cas, digest)
     ref = tag or default_tag(summary)
+    if summary.outputs.get("manifest"):
+        images = [(ref, load_image(session.cas, summary.outputs["manifest"]))]
+    elif summary.outputs.get("index"):
+        index = load(session.cas, summary.outputs["index"])
+        images = [(f"{ref}-{platform_suffix(image.platform)}", image) for image in index.images]
+    else:
+        return []
     executor = session.executor("docker")
-    client = executor.client(parse_platform(summary.platform) if summary.platform else None)
-    with tempfile.TemporaryDirectory(dir=session.cas.root / "tmp") as tmp:
-        archive = Path(tmp) / "image.tar"
-        write_docker_archive(session.cas, image, archive, repo_tags=[ref])
-        with open(archive, "rb") as fh:
-            client.api.load_image(fh)
-    return ref
+    for name, image in images:
+        client = executor.client(image.platform or (parse_platform(summary.platform) if summary.platform else None))
+        with tempfile.TemporaryDirectory(dir=session.cas.root / "tmp") as tmp:
+            archive = Path(tmp) / "image.tar"
+            write_docker_archive(session.cas, image, archive, repo_tags=[name])
+            with open(archive, "rb") as fh:
+                client.api.load_image(fh)
+    return [name for name, _ in images]
 
 
 def push_target(session: Session, label_text: str, ref: str) -> str:

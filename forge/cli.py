@@ -156,12 +156,19 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
     reporter.build_finished(summaries, time.monotonic() - start, counts)
     raise_for_failures(outcomes)
     if load:
+        from forge.core.errors import UsageError
         from forge.core.materialize import load_into_engine
 
-        for s in summaries:
-            ref = load_into_engine(session, s, tag)
-            if ref:
-                click.echo(f"loaded {s.label} as {ref}", err=True)
+        loadable = [s for s in summaries if s.outputs.get("manifest") or s.outputs.get("index")]
+        if tag and len(loadable) > 1:  # one tag cannot name two images: never overwrite silently
+            raise UsageError(f"--tag {tag} names one image, but {len(loadable)} image targets were built "
+                             f"({', '.join(str(s.label) for s in loadable)}); load them one at a "
+                             "time, or leave out --tag (each gets forge/<pkg>/<name>:latest)")
+        if not loadable:
+            raise UsageError("--load: none of the targets is an image or an index")
+        for s in loadable:
+            refs = load_into_engine(session, s, tag)
+            click.echo(f"loaded {s.label} as {', '.join(refs)}", err=True)
 
 
 @main.command()

@@ -75,7 +75,8 @@ def materialize_image(cas: CAS, result: ActionResult, dest: Path) -> None:
     from forge.core.oci.layout import write_layout
 
     top = result.outputs.get("index") or result.outputs["manifest"]
-    write_layout(cas, load(cas, top.digest), dest)
+    # ref.name "latest": tools address a layout by tag (`umoci unpack --image dir:latest`)
+    write_layout(cas, load(cas, top.digest), dest, ref_name="latest")
 
 
 def image_platform(ctx: AnalysisContext, base: Any) -> Platform:

@@ -55,3 +55,20 @@ def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False) -> Itera
 def write_atomic(path: Path, data: bytes) -> None:
     with atomic_writer(path) as fh:
         fh.write(data)
+
+
+def read_utf8(path: Path, shown: str, error: type[Exception], what: str) -> str:
+    """A text file forge parses (BUILD, .star, WORKSPACE.toml): unreadable or not UTF-8 is
+    ``error`` naming ``shown`` and, for bad bytes, the line and byte offset; a UTF-8 byte
+    order mark is dropped."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"{shown}:{line}: not UTF-8 at byte {exc.start} (0x{data[exc.start]:02x}); "
+                    f"{what} must be UTF-8") from None
+    return text[1:] if text.startswith("\ufeff") else text

@@ -429,19 +429,9 @@ def _configured_glob_excludes(root: Path) -> tuple[str, ...]:
 
 def read_source(path: Path, rel: str) -> str:
     """A BUILD or .star file's text; not UTF-8 (or unreadable) is a BuildFileError."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BuildFileError(f"{rel}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise BuildFileError(
-            f"{rel}:{line}: not UTF-8 at byte {exc.start} (0x{data[exc.start]:02x}); "
-            "BUILD and .star files must be UTF-8"
-        ) from None
-    return text[1:] if text.startswith("\ufeff") else text  # a UTF-8 byte order mark
+    from forge.core.fsutil import read_utf8
+
+    return read_utf8(path, rel, BuildFileError, "BUILD and .star files")
 
 
 # Tokens that matter for depth; identifiers and numbers are one `word` token each, and

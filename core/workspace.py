@@ -214,17 +214,9 @@ def _check_toml_nesting(path: Path, text: str) -> None:
 
 
 def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 at byte {exc.start} (0x{data[exc.start]:02x}); "
-                          f"{WORKSPACE_FILE} must be UTF-8") from None
-    return text[1:] if text.startswith("\ufeff") else text
+    from forge.core.fsutil import read_utf8
+
+    return read_utf8(path, str(path), ConfigError, WORKSPACE_FILE)
 
 
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""

@@ -26,10 +26,11 @@ importers, media types) and ``forge.elf`` (a static ldd) are namespaces.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
+
+from forge._lazy import lazy_getattr
 
 hookimpl = pluggy.HookimplMarker("forge")
 
@@ -110,15 +111,7 @@ _LAZY = {
 __all__ = ["hookimpl", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attr_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'forge' has no attribute {name!r}") from None
-    module = importlib.import_module(module_name)
-    value = module if attr_name is None else getattr(module, attr_name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), "forge", _LAZY)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs

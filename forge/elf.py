@@ -18,8 +18,9 @@ Names resolve on first use (pyelftools loads only then).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from forge._lazy import lazy_getattr
 
 _LAZY: dict[str, tuple[str, str]] = {
     "LayeredRootFS": ("forge.core.elf", "LayeredRootFS"),
@@ -44,14 +45,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attr_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'forge.elf' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), attr_name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), "forge.elf", _LAZY)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs

@@ -13,8 +13,9 @@ importing this module loads neither the registry client nor oras.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from forge._lazy import lazy_getattr
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     # media types: the constants (OCI_MANIFEST, OCI_LAYER_GZIP, …) and their families
@@ -53,15 +54,7 @@ def compression_level(kind: str, level: int | None) -> int:
     return check(kind, level)
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name, attr_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'forge.oci' has no attribute {name!r}") from None
-    module = importlib.import_module(module_name)
-    value = module if attr_name is None else getattr(module, attr_name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), "forge.oci", _LAZY)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs

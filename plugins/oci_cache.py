@@ -387,29 +387,29 @@ class OciCache(forge.RemoteCache):
             blobs.append((result.log, layers[result.log].size))
         return Entry(result, tuple(blobs))
 
-    def _read_record(self, digest: str, where: str) -> bytes:
+    @contextlib.contextmanager
+    def _entry_blob(self, what: str, where: str) -> Iterator[None]:
+        """One request for a blob an entry lists: a blob that does not verify, or that the
+        registry does not have, makes the entry invalid (one miss); anything else is the
+        registry's failure."""
         try:
             with self._request():
-                return self.client.read_blob(self.repo, digest)  # verified
+                yield
         except forge.oci.ContentMismatch as exc:
-            raise RemoteEntryInvalid(f"{where}: the record does not verify: {exc}") from None
+            raise RemoteEntryInvalid(f"{where}: {what} does not verify: {exc}") from None
         except forge.oci.RegistryHTTPError as exc:
             if exc.status == 404:
-                raise RemoteEntryInvalid(f"{where}: the record {digest} is listed in the manifest "
-                                         f"but the registry does not have it ({exc})") from None
-            raise
-
-    def _pull_blob(self, cas: CAS, digest: str, size: int, where: str) -> int:
-        try:
-            with self._request():  # streamed through CAS.writer(expected=)
-                self.client.pull_blob(cas, self.repo, digest, size)
-        except forge.oci.ContentMismatch as exc:
-            raise RemoteEntryInvalid(f"{where}: blob {digest} does not verify: {exc}") from None
-        except forge.oci.RegistryHTTPError as exc:
-            if exc.status == 404:
-                raise RemoteEntryInvalid(f"{where}: blob {digest} is listed in the manifest but the "
+                raise RemoteEntryInvalid(f"{where}: {what} is listed in the manifest but the "
                                          f"registry does not have it ({exc})") from None
             raise
+
+    def _read_record(self, digest: str, where: str) -> bytes:
+        with self._entry_blob(f"the record {digest}", where):
+            return self.client.read_blob(self.repo, digest)  # verified
+
+    def _pull_blob(self, cas: CAS, digest: str, size: int, where: str) -> int:
+        with self._entry_blob(f"blob {digest}", where):  # streamed through CAS.writer(expected=)
+            self.client.pull_blob(cas, self.repo, digest, size)
         with self._lock:
             self._present.add(digest)
         return 0

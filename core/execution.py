@@ -55,6 +55,7 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     log_path: Path | None = None
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class RunContext:
@@ -78,6 +79,14 @@ class RunContext:
         self._log = log
         self._warn = warn
         self._tempdirs: list[Path] = []
+        self.counters: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+
+    def count(self, name: str, n: int) -> None:
+        """Add ``n`` to a counter of this run (bytes moved, layers sent…): reported with
+        the action (``--json``: ``counters``), never part of its result or key."""
+        with self._count_lock:
+            self.counters[name] = self.counters.get(name, 0) + int(n)
 
     @property
     def epoch(self) -> int:
@@ -347,7 +356,8 @@ class Scheduler:
             self.hooks.forge_action_finished(action=action, result=None, status=FAILED)
             if corrupt:
                 raise _Retry(corrupt) from None
-            return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path)
+            return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path,
+                           dict(ctx.counters))
         finally:
             ctx.cleanup()
         changed = self._changed_inputs(action)
@@ -361,7 +371,8 @@ class Scheduler:
         self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
         self._remote_upload(action, key, result)
         self.hooks.forge_action_finished(action=action, result=result, status=BUILT)
-        return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path)
+        return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path,
+                       counters=dict(ctx.counters))
 
     def _changed_inputs(self, action: Action) -> list[str]:
         """Inputs whose content is no longer what the key hashed (checked after the run,

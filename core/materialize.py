@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forge.core.errors import UsageError
@@ -26,10 +24,12 @@ def platform_suffix(platform) -> str:
     return platform.architecture + variant
 
 
-def load_into_engine(session: Session, summary: TargetSummary, tag: str | None) -> list[str]:
-    """Load an image target into the engine (as a docker-archive); an index loads each
-    platform's image under ``<tag>-<platform>`` (e.g. ``app:1-arm64``). Returns the refs."""
-    from forge.core.oci.docker_archive import write_docker_archive
+def load_into_engine(session: Session, summary: TargetSummary,
+                     tag: str | None) -> list[tuple[str, dict[str, int]]]:
+    """Load an image target into the engine; an index loads each platform's image under
+    ``<tag>-<platform>`` (e.g. ``app:1-arm64``). The executor sends only the layers the
+    engine lacks: an image built there is tagged, not sent. Returns each ref with the
+    executor's transfer counters (``cas_to_engine_bytes``…)."""
     from forge.core.oci.image import load, load_image
     from forge.core.platforms import parse_platform
 
@@ -42,14 +42,11 @@ def load_into_engine(session: Session, summary: TargetSummary, tag: str | None) 
     else:
         return []
     executor = session.executor("docker")
+    loaded = []
     for name, image in images:
-        client = executor.client(image.platform or (parse_platform(summary.platform) if summary.platform else None))
-        with tempfile.TemporaryDirectory(dir=session.cas.root / "tmp") as tmp:
-            archive = Path(tmp) / "image.tar"
-            write_docker_archive(session.cas, image, archive, repo_tags=[name])
-            with open(archive, "rb") as fh:
-                client.api.load_image(fh)
-    return [name for name, _ in images]
+        platform = image.platform or (parse_platform(summary.platform) if summary.platform else None)
+        loaded.append((name, executor.load(session.cas, image, name, platform)))
+    return loaded
 
 
 def push_target(session: Session, label_text: str, ref: str) -> str:

@@ -129,6 +129,8 @@ class JsonReporter(Reporter):
             event["error"] = outcome.error
         if outcome.result is not None:
             event["outputs"] = {k: d.digest for k, d in outcome.result.outputs.items()}
+        if outcome.counters:
+            event["counters"] = dict(outcome.counters)
         self._emit(event)
 
     def warning(self, message: str) -> None:

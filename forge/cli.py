@@ -158,6 +158,7 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
     if load:
         from forge.core.errors import UsageError
         from forge.core.materialize import load_into_engine
+        from forge.core.report import human_size
 
         loadable = [s for s in summaries if s.outputs.get("manifest") or s.outputs.get("index")]
         if tag and len(loadable) > 1:  # one tag cannot name two images: never overwrite silently
@@ -167,8 +168,9 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
         if not loadable:
             raise UsageError("--load: none of the targets is an image or an index")
         for s in loadable:
-            refs = load_into_engine(session, s, tag)
-            click.echo(f"loaded {s.label} as {', '.join(refs)}", err=True)
+            for ref, counters in load_into_engine(session, s, tag):
+                sent = counters.get("cas_to_engine_bytes", 0)
+                click.echo(f"loaded {s.label} as {ref} ({human_size(sent)} of layers sent)", err=True)
 
 
 @main.command()
@@ -369,13 +371,32 @@ def cache_gc(ctx, max_size, max_age) -> None:
     click.echo(f"removed {report.removed} blobs ({human_size(report.freed)}), {report.dropped} action "
                f"results, {report.debris.entries} temp entries of dead builds "
                f"({human_size(report.debris.bytes)})")
+    _clean_engines(session, keep=session.cas.has)
+
+
+def _clean_engines(session, keep=None) -> None:
+    """Each executor's leftovers in its runtime; a runtime that does not answer is named."""
+    from forge.core.errors import ForgeError
+
+    for name in session.executors.names():
+        try:
+            executor = session.executor(name)
+            if not hasattr(executor, "clean"):
+                continue
+            removed = executor.clean(keep)
+        except ForgeError as e:
+            click.echo(f"{name}: engine not cleaned: {e}", err=True)
+            continue
+        click.echo(f"{name}: removed {len(removed)} engine images forge had tagged")
 
 
 @main.command()
 @click.option("--expunge", is_flag=True, help="Also delete the whole local cache directory.")
+@click.option("--engine", is_flag=True,
+              help="Also remove the images forge tagged in its engines (forge-base/*, forge-build/*).")
 @click.pass_context
-def clean(ctx, expunge) -> None:
-    """Delete forge-out/ (and with --expunge the cache)."""
+def clean(ctx, expunge, engine) -> None:
+    """Delete forge-out/ (with --expunge the cache, with --engine forge's engine images)."""
     import shutil
 
     session = _session(ctx)
@@ -384,6 +405,8 @@ def clean(ctx, expunge) -> None:
     if expunge:
         shutil.rmtree(session.cache_dir, ignore_errors=True)
         click.echo(f"removed {session.cache_dir}")
+    if engine:
+        _clean_engines(session)
 
 
 if __name__ == "__main__":  # pragma: no cover

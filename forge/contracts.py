@@ -14,6 +14,7 @@ RemoteCache backends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -64,6 +65,25 @@ class Executor(Protocol):
         """Called for messages and ``forge doctor``: where builds for ``platform`` run.
 
         :returns: the runtime's address (e.g. ``unix:///var/run/docker.sock``).
+        """
+        ...
+
+    def load(self, cas: CAS, image: Image, ref: str, platform: Platform | None) -> dict[str, int]:
+        """Called by ``forge build --load`` (main thread): make ``image`` (in ``cas``) the
+        runtime's image ``ref``, moving only what the runtime lacks.
+
+        :returns: transfer counters, e.g. ``{"cas_to_engine_bytes": 0}`` for an image that
+            was built there.
+        """
+        ...
+
+    def clean(self, keep: Callable[[str], bool] | None = None) -> list[str]:
+        """Called by ``forge clean --engine`` and ``forge cache gc`` (main thread): remove
+        what forge left in the runtime (images it tagged, build leftovers).
+
+        :param keep: given an image's config digest, whether the local cache still holds
+            it (then it may stay); None removes everything forge made.
+        :returns: the names removed.
         """
         ...
 

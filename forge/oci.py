@@ -39,6 +39,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "import_rootfs_tar": ("forge.core.oci.rootfs_tar", "import_rootfs_tar"),
     "import_docker_archive": ("forge.core.oci.docker_archive", "import_docker_archive"),
     "write_docker_archive": ("forge.core.oci.docker_archive", "write_docker_archive"),
+    "chain_ids": ("forge.core.oci.docker_archive", "chain_ids"),
+    "store_tar": ("forge.core.oci.layer_writer", "store_tar"),
+    "open_decompressed": ("forge.core.oci.compression", "open_decompressed"),
+    "assemble_image": ("forge.core.oci.image", "assemble_image"),
     "write_layout": ("forge.core.oci.layout", "write_layout"),
 }
 
@@ -60,9 +64,15 @@ __getattr__ = lazy_getattr(globals(), "forge.oci", _LAZY)
 if TYPE_CHECKING:  # for type checkers and IDEs
     from forge._documented import load_index, sha256_digest  # noqa: F401
     from forge.core.oci import media  # noqa: F401
-    from forge.core.oci.docker_archive import import_docker_archive, write_docker_archive  # noqa: F401
-    from forge.core.oci.image import load  # noqa: F401
+    from forge.core.oci.compression import open_decompressed  # noqa: F401
+    from forge.core.oci.docker_archive import (  # noqa: F401
+        chain_ids,
+        import_docker_archive,
+        write_docker_archive,
+    )
+    from forge.core.oci.image import assemble_image, load  # noqa: F401
     from forge.core.oci.importers import import_any  # noqa: F401
+    from forge.core.oci.layer_writer import store_tar  # noqa: F401
     from forge.core.oci.layout import write_layout  # noqa: F401
     from forge.core.oci.registry import (  # noqa: F401
         ContentMismatch,

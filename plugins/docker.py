@@ -4,42 +4,58 @@ Which engine: ``[executors.docker] hosts = {arm64 = "tcp://arm-builder:2375"}`` 
 platform to a native builder (as open-balena-builder does with DOCKER_HOST_ARM64);
 everything else goes to ``DOCKER_HOST`` or the default socket.
 
-Images travel between the CAS and the engine as docker-archives, because the engine
-Debian packages (20.10) loads those and not OCI layouts. The engine's image ID is the
-sha256 of the config, so "does the engine have this base?" is one lookup by config
-digest, and a pruned engine with a warm cache just gets the base loaded again.
+Bytes move only where the other side lacks them (plugins/docker_transfer.py): after a
+step, only the layers it added leave the engine (replayed from the engine's own layer
+store when it is local, streamed from ``docker save`` otherwise); a base enters the
+engine as a docker-archive without the layers the engine holds, which for the next step
+of a chain is its config alone. The engine's image ID is the sha256 of the config, so
+"does the engine have this image?" is one lookup by config digest, and a pruned engine
+with a warm cache just gets the missing layers again. ``[executors.docker] transfer =
+"save"`` forces the ``docker save`` route (for comparison and for exotic engines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import forge
+from forge.plugins import docker_transfer as transfer
 
 START_HINT = (
     "start one with `scripts/services.sh` (as root: `dockerd --bridge=none --iptables=false &`), "
     "or point DOCKER_HOST at a running engine"
 )
+_KEYS = ("hosts", "transfer")
+BASE_REPO = "forge-base"  # forge's images, named by config digest
+BUILD_REPO = "forge-build"  # the builder's results, named by their engine ID
+_TRANSFERS = ("auto", "save")
 
 
-def _hosts(workspace: Any) -> dict[forge.Platform, str]:
+def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str]:
     table = workspace.section("executors").get("docker", {})
-    unknown = set(table) - {"hosts"}
+    unknown = set(table) - set(_KEYS)
     if unknown:
         key = sorted(unknown)[0]
         raise forge.ConfigError(f"{workspace.where('executors', 'docker', key)}: [executors.docker] "
-                                f"unknown key '{key}'; valid keys: hosts")
+                                f"unknown key '{key}'{forge.did_you_mean(key, _KEYS)}; "
+                                f"valid keys: {', '.join(_KEYS)}")
     hosts = table.get("hosts", {})
     if not isinstance(hosts, dict):
         raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'hosts')}: [executors.docker] "
                                 "hosts must be a table platform = url")
-    return {forge.parse_platform(k): v for k, v in hosts.items()}
+    mode = table.get("transfer", "auto")
+    if mode not in _TRANSFERS:
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'transfer')}: [executors.docker] "
+                                f"transfer = {mode!r}; valid: {', '.join(_TRANSFERS)}")
+    return {forge.parse_platform(k): v for k, v in hosts.items()}, mode
 
 
 class DockerExecutor(forge.Executor):
@@ -48,8 +64,9 @@ class DockerExecutor(forge.Executor):
 
     def __init__(self, workspace: Any):
         self.workspace = workspace
-        self.hosts = _hosts(workspace)
+        self.hosts, self.transfer = _settings(workspace)
         self._clients: dict[str, Any] = {}
+        self._stores: dict[str, transfer.LocalStore | None] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
 
@@ -75,43 +92,92 @@ class DockerExecutor(forge.Executor):
                 self._clients[host] = client
             return self._clients[host]
 
+    def store(self, platform: forge.Platform | None) -> transfer.LocalStore | None:
+        """The engine's layer store when this process can read it (a local engine)."""
+        host = self.host_for(platform)
+        client = self.client(platform)
+        with self._lock:
+            if host not in self._stores:
+                self._stores[host] = (transfer.LocalStore.probe(client, host)
+                                      if self.transfer == "auto" else None)
+            return self._stores[host]
+
     def version(self, platform: forge.Platform | None = None) -> str:
         info = self.client(platform).version()
         return f"{info.get('Version')} ({info.get('Os')}/{info.get('Arch')})"
 
     # -- images in and out ---------------------------------------------------------------
+    def _lock_for(self, image: Any) -> threading.Lock:
+        with self._lock:
+            return self._load_locks.setdefault(image.config_digest, threading.Lock())
+
+    def put(self, cas: Any, image: Any, ref: str, platform: forge.Platform | None, *,
+            count: transfer.Count, tempdir: Path) -> None:
+        """Make ``image`` (in ``cas``) the engine image ``ref``, sending only the layers
+        the engine lacks (none, for an image built there)."""
+        client = self.client(platform)
+        with self._lock_for(image):
+            transfer.put_image(cas, client, image, ref, store=self.store(platform),
+                               count=count, tempdir=tempdir)
+
     def ensure_loaded(self, rc: forge.RunContext, client: Any, image: Any) -> str:
         """Make ``image`` (from the CAS) present in the engine; return the ref to use."""
+        ref = engine_ref(image)
+        self.put(rc.cas, image, ref, rc.platform, count=rc.count, tempdir=rc.tempdir())
+        return ref
+
+    def clean(self, keep: Callable[[str], bool] | None = None) -> list[str]:
+        """Remove the images forge tagged in every engine it uses: ``forge-base/*`` (its
+        images, named by config digest; those whose config ``keep`` accepts stay) and
+        ``forge-build/*`` (the builders' results, the engines' build cache). Returns the
+        tags removed. An image a container uses, or someone else tagged too, stays."""
         import docker
 
-        ref = engine_ref(image)
-        lock = self._load_locks.setdefault(image.config_digest, threading.Lock())
-        with lock:
-            for name in (ref, image.config_digest):  # tagged by a previous step, or loaded
-                try:
-                    client.images.get(name)
-                    if name != ref:
-                        client.api.tag(name, ref)
-                    return ref
-                except docker.errors.ImageNotFound:
-                    pass
-            archive = rc.tempdir() / "base.tar"
-            forge.oci.write_docker_archive(rc.cas, image, archive, repo_tags=[ref])
-            rc.log(f"loading base image {image.digest[:19]} into the engine")
-            with open(archive, "rb") as fh:
-                client.api.load_image(fh)
-            return ref
+        removed = []
+        platforms: dict[str, forge.Platform | None] = {self.host_for(None): None}
+        for platform in self.hosts:
+            platforms.setdefault(self.host_for(platform), platform)
+        for platform in platforms.values():
+            client = self.client(platform)
+            for repo in (BASE_REPO, BUILD_REPO):
+                for image in client.images.list(filters={"reference": f"{repo}/*"}):
+                    if repo == BASE_REPO and keep is not None and keep(image.id):
+                        continue
+                    for tag in image.tags:
+                        if tag.startswith(repo + "/"):
+                            with contextlib.suppress(docker.errors.APIError):
+                                client.api.remove_image(tag)
+                                removed.append(tag)
+        return removed
+
+    def load(self, cas: Any, image: Any, ref: str, platform: forge.Platform | None) -> dict[str, int]:
+        """``--load``: tag ``image`` as ``ref`` in the engine that serves ``platform``;
+        returns the bytes and layers sent (nothing for an image built there)."""
+        counters: dict[str, int] = {}
+
+        def count(name: str, n: int) -> None:
+            counters[name] = counters.get(name, 0) + n
+
+        tempdir = cas.tempdir()
+        try:
+            self.put(cas, image, ref, platform, count=count, tempdir=tempdir)
+        finally:
+            import shutil
+
+            shutil.rmtree(tempdir, ignore_errors=True)
+        return counters
 
     def export(self, rc: forge.RunContext, client: Any, image_id: str, base: Any) -> Any:
-        """Bring an engine image back into the CAS, compressing only layers it lacks."""
-        archive = rc.tempdir() / "result.tar"
-        with open(archive, "wb") as fh:
-            for chunk in client.api.get_image(image_id, chunk_size=1 << 20):
-                fh.write(chunk)
+        """Bring an engine image into the CAS, reading only the layers ``base`` lacks."""
+        store = self.store(rc.platform)
+        if store is None:
+            rc.log(f"{self.host_for(rc.platform)}: reading the result with docker save (the whole "
+                   "image crosses the connection; only new layers are compressed and kept)")
         known = {layer.diff_id: layer for layer in base.layers} if base is not None else {}
-        return forge.oci.import_docker_archive(rc.cas, archive, known_layers=known)
+        return transfer.export_image(rc.cas, client, image_id, known=known, store=store,
+                                     count=rc.count, log=rc.log)
 
-    # -- builds --------------------------------------------------------------------------
+# -- builds --------------------------------------------------------------------------
     def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any) -> Any:
         p = rc.params
         platform = rc.platform
@@ -158,15 +224,25 @@ class DockerExecutor(forge.Executor):
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
         image = forge.with_config(image, platform=platform, epoch=rc.epoch)
-        # That changes the config digest, so name the engine's image after ours: the next
-        # step of a chain then finds its base in the engine instead of loading it again.
-        client.api.tag(image_id, engine_ref(image))
+        # That changes the config digest. The engine gets forge's image (its config alone:
+        # the layers are there) when something asks for it, the next step of a chain or
+        # --load. The builder's own image is the engine's build cache: tagged, so that it
+        # is forge's to collect (`forge clean --engine`) and not an anonymous leftover.
+        client.api.tag(image_id, build_ref(image_id))
+        rc.log(f"engine→CAS {forge.human_size(rc.counters.get('engine_to_cas_bytes', 0))} "
+               f"({rc.counters.get('engine_to_cas_layers', 0)} layers), CAS→engine "
+               f"{forge.human_size(rc.counters.get('cas_to_engine_bytes', 0))}")
         return image
+
+
+def build_ref(image_id: str) -> str:
+    """The engine tag of a builder's own result (the engine's build cache)."""
+    return f"{BUILD_REPO}/{image_id.split(':')[1][:32]}:latest"
 
 
 def engine_ref(image: Any) -> str:
     """The engine tag of a CAS image: its config digest, so equal content, equal tag."""
-    return f"forge-base/{image.config_digest.split(':')[1][:32]}:latest"
+    return f"{BASE_REPO}/{image.config_digest.split(':')[1][:32]}:latest"
 
 
 def build_context(package_dir: Path, root: str, relpaths: list[str],

@@ -21,11 +21,11 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from forge.core.cas import CAS, split_digest
+from forge.core.cas import CAS, sha256_digest, split_digest
 from forge.core.fsutil import atomic_writer
 from forge.core.oci import compression as comp
 from forge.core.oci.image import Image, Layer, assemble_image, canonical_json, store_image
@@ -53,36 +53,67 @@ class _CountingWriter:
         return self._offset
 
 
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The engine's name for each layer *in its place*: ``chain[0] = diff_id[0]``,
+    ``chain[i] = sha256(chain[i-1] + " " + diff_id[i])`` (the image-spec's ChainID). An
+    engine that holds chain ``i`` holds every layer below it too."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
+    return out
+
+
 def write_docker_archive(
-    cas: CAS, image: Image, out: Path | BinaryIO, *, repo_tags: Sequence[str] = ()
-) -> None:
-    """Write ``image`` as a docker-archive to a path (atomically) or a writable stream."""
+    cas: CAS, image: Image, out: Path | BinaryIO, *, repo_tags: Sequence[str] = (),
+    omit: Collection[str] = (), gzip_as_is: bool = False,
+) -> int:
+    """Write ``image`` as a docker-archive to a path (atomically) or a writable stream;
+    returns the layer bytes written.
+
+    ``omit`` lists diff_ids whose ``layer.tar`` is left out: the manifest still names them,
+    and ``docker load`` (20.10 and later) reads a layer file only when the engine lacks
+    that layer's chain, so an archive of a config alone loads an image whose layers the
+    engine already has (an image built there, or the base of one).
+
+    ``gzip_as_is`` writes gzip layers as they are stored: ``docker load`` decompresses a
+    layer file itself, so the archive is smaller and the CAS blob is read once instead
+    of twice (a tar header needs the uncompressed size first). Not for ``docker load``
+    of engines before 1.10, nor for other readers of the format.
+    """
     if isinstance(out, (str, Path)):
         with atomic_writer(Path(out)) as fh:
-            _write(cas, image, fh, repo_tags)
-    else:
-        _write(cas, image, out, repo_tags)
+            return _write(cas, image, fh, repo_tags, set(omit), gzip_as_is)
+    return _write(cas, image, out, repo_tags, set(omit), gzip_as_is)
 
 
-def _write(cas: CAS, image: Image, fh: BinaryIO, repo_tags: Sequence[str]) -> None:
+def _write(cas: CAS, image: Image, fh: BinaryIO, repo_tags: Sequence[str], omit: set[str],
+           gzip_as_is: bool = False) -> int:
     config_name = split_digest(image.config_digest)[1] + ".json"
     layer_names = [split_digest(layer.diff_id)[1] + "/layer.tar" for layer in image.layers]
     manifest = [{"Config": config_name, "RepoTags": list(repo_tags), "Layers": layer_names}]
     config_bytes = cas.read_bytes(image.config_digest)
+    sent = 0
     with tarfile.open(fileobj=_CountingWriter(fh), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                       copybufsize=comp.CHUNK) as tf:
         _add_bytes(tf, "manifest.json", canonical_json(manifest))
         _add_bytes(tf, config_name, config_bytes)
         written = set()
         for layer, name in zip(image.layers, layer_names, strict=True):
-            if name in written:
+            if name in written or layer.diff_id in omit:
                 continue
             written.add(name)
             info = tarfile.TarInfo(name)
             info.mode = 0o644
-            info.size = _uncompressed_size(cas, image, layer)
-            with cas.open(layer.digest) as blob:
-                tf.addfile(info, comp.open_decompressed(blob, layer.compression))
+            if gzip_as_is and layer.compression == comp.GZIP:
+                info.size = cas.size(layer.digest)
+                with cas.open(layer.digest) as blob:
+                    tf.addfile(info, blob)
+            else:
+                info.size = _uncompressed_size(cas, image, layer)
+                with cas.open(layer.digest) as blob:
+                    tf.addfile(info, comp.open_decompressed(blob, layer.compression))
+            sent += info.size
+    return sent
 
 
 def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import uuid
 
 import pytest
 
@@ -138,8 +139,10 @@ def test_malformed_args_line_names_file_and_line(forge_workspace):
 
 
 def test_pruned_engine_with_warm_cache_builds_nothing_and_loads(forge_workspace, docker_client):
+    # A message of its own, so no build cache on the shared engine serves this build.
+    message = f"warm {uuid.uuid4().hex}\n"
     ws = busybox_ws(forge_workspace, {
-        "app/Dockerfile": DOCKERFILE, "app/msg.txt": "warm\n",
+        "app/Dockerfile": DOCKERFILE, "app/msg.txt": message,
         "app/BUILD": 'dockerfile(name = "img", base = ":busybox-amd64", srcs = ["msg.txt"])\n',
     })
     ws.run("build", "//app:img").assert_success()
@@ -152,7 +155,7 @@ def test_pruned_engine_with_warm_cache_builds_nothing_and_loads(forge_workspace,
     assert not [i for i in docker_client.images.list() if i.id in ids]
     out = ws.run("build", "//app:img", "--json", "--load", "--tag", "forge-test/warm:1").assert_success()
     assert out.executed() == []
-    assert run_image(docker_client, "forge-test/warm:1") == "warm\n"
+    assert run_image(docker_client, "forge-test/warm:1") == message
 
 
 def test_failing_run_exits_1_shows_instruction_and_caches_nothing(forge_workspace, docker_client):

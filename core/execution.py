@@ -163,11 +163,13 @@ class _InputsChanged(Exception):
 
 
 class _Retry(Exception):
-    """An action found dependencies whose blobs are corrupt: re-run them, then it."""
+    """An action found dependencies whose blobs are corrupt, or gone from the remote cache
+    they came from: re-run them, then it."""
 
-    def __init__(self, deps: list[Action]):
+    def __init__(self, deps: list[Action], why: str | None = "corrupt blobs in"):
         super().__init__(", ".join(str(d) for d in deps))
         self.deps = deps
+        self.why = why
 
 
 @dataclass
@@ -177,6 +179,10 @@ class Scheduler:
     jobs: int
     keep_going: bool = False
     remote_caches: list[Any] = field(default_factory=list)
+    # Actions whose bytes are needed when they come from a remote cache (the requested
+    # targets' outputs, Bazel's --remote_download_toplevel); every other remote hit
+    # brings its result record only, and its blobs when an action is about to read them.
+    toplevel: frozenset[Action] = frozenset()
     outcomes: dict[Action, Outcome] = field(default_factory=dict)
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -194,6 +200,9 @@ class Scheduler:
         self._remote_lock = threading.Lock()
         self._warned: set[str] = set()
         self._keyed_inputs: dict[Action, list[InputDigest]] = {}
+        self._lazy: dict[Action, tuple[Any, str]] = {}  # remote hits without their blobs
+        self._fetch_locks: dict[Action, threading.Lock] = {}
+        self._lost: set[str] = set()  # keys whose remote bytes are gone: build them here
 
     # -- keys -----------------------------------------------------------------------
     def compute_key(self, action: Action) -> str:
@@ -304,7 +313,8 @@ class Scheduler:
                             ready.append(action)
                         continue
                     except _Retry as retry:
-                        self.reporter.warning(f"{action}: corrupt blobs in {retry}; re-running them")
+                        if retry.why:
+                            self.reporter.warning(f"{action}: {retry.why} {retry}; re-running them")
                         recover(action, retry.deps)
                         continue
                     if outcome.status == FAILED:
@@ -330,9 +340,13 @@ class Scheduler:
         start = time.monotonic()
         remote = self._remote_lookup(action, key)
         if remote is not None:
-            self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
+            if action not in self._lazy:  # recorded locally once its blobs are here
+                self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
             self.hooks.forge_action_finished(action=action, result=remote, status=CACHED_REMOTE)
             return Outcome(action, CACHED_REMOTE, key, remote, time.monotonic() - start)
+        lost = [dep for dep in action.deps if not self._fetch(dep)]
+        if lost:  # their remote bytes are gone: run the producers here, then this action
+            raise _Retry(lost, why=None)  # _fetch warned
         lines: list[str] = []
         log_path = self.session.log_path(action)
 
@@ -436,9 +450,18 @@ class Scheduler:
         self._warn_once(name, f"remote cache {name} unusable, building locally: {exc}")
 
     def _remote_lookup(self, action: Action, key: str) -> ActionResult | None:
+        if key in self._lost:
+            return None
+        lazy = action not in self.toplevel
         for backend in list(self.remote_caches):
             try:
-                result = backend.lookup(key, self.cas)
+                if lazy and hasattr(backend, "lookup_record") and hasattr(backend, "fetch"):
+                    result = backend.lookup_record(key)
+                    if result is not None and not all(self.cas.has(d) for d in result.all_blobs()):
+                        with self._remote_lock:
+                            self._lazy[action] = (backend, key)
+                else:
+                    result = backend.lookup(key, self.cas)
             except RemoteEntryInvalid as exc:
                 # One bad entry costs one miss, not the backend.
                 if self.remote_required:
@@ -454,6 +477,40 @@ class Scheduler:
             if result is not None:
                 return result
         return None
+
+    def _fetch(self, action: Action) -> bool:
+        """Bring the blobs of a result that came from a remote without them (called before
+        an action that reads it runs); True when they are here. False when the remote no
+        longer has them (evicted, deleted, unreachable): the result is lost, and its key
+        is built here (Bazel's --rewind_lost_inputs), never reported as cached again."""
+        with self._remote_lock:
+            if action not in self._lazy:
+                return True
+            lock = self._fetch_locks.setdefault(action, threading.Lock())
+        with lock:
+            with self._remote_lock:
+                pending = self._lazy.get(action)
+            if pending is None:
+                return action in self.results
+            backend, key = pending
+            result = self.results[action]
+            try:
+                backend.fetch(key, result, self.cas)
+            except Exception as exc:  # noqa: BLE001 - lost bytes re-run their producer
+                with self._remote_lock:
+                    self._lazy.pop(action, None)
+                    self._lost.add(key)
+                if isinstance(exc, RemoteEntryInvalid):
+                    self._warn_once(f"{backend.describe()}#{key}#lost",
+                                    f"remote cache {backend.describe()}: the blobs of {action} "
+                                    f"are gone ({exc}); building it here")
+                else:  # the remote failed: one warning says so, and it is used no more
+                    self._degrade(backend, exc)
+                return False
+            self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
+            with self._remote_lock:
+                self._lazy.pop(action, None)
+            return True
 
     def _remote_upload(self, action: Action, key: str, result: ActionResult) -> None:
         for backend in list(self.remote_caches):

@@ -153,7 +153,8 @@ class Session:
         graph = action_graph(targets)
         jobs = int(self.options.get("jobs") or self.workspace.jobs)
         keep_going = bool(self.options.get("keep_going") or self.workspace.section("build")["keep_going"])
-        scheduler = Scheduler(self, graph, jobs, keep_going, self.remote_caches())
+        toplevel = frozenset(t.get(DefaultInfo).action for t in targets if t.get(DefaultInfo) is not None)
+        scheduler = Scheduler(self, graph, jobs, keep_going, self.remote_caches(), toplevel=toplevel)
         try:
             outcomes = scheduler.run()
         finally:

@@ -84,6 +84,7 @@ _LAZY = {
     # contracts for executor and remote cache plugins
     "Executor": ("forge.contracts", "Executor"),
     "RemoteCache": ("forge.contracts", "RemoteCache"),
+    "LazyRemoteCache": ("forge.contracts", "LazyRemoteCache"),
     # images: immutable values, operations return new ones
     "Image": ("forge.core.oci.image", "Image"),
     "Layer": ("forge.core.oci.image", "Layer"),
@@ -117,7 +118,7 @@ __getattr__ = lazy_getattr(globals(), "forge", _LAZY)
 if TYPE_CHECKING:  # for type checkers and IDEs
     from forge import elf, oci  # noqa: F401
     from forge._documented import host_platform, load_image, raise_for_failures  # noqa: F401
-    from forge.contracts import Executor, RemoteCache  # noqa: F401
+    from forge.contracts import Executor, LazyRemoteCache, RemoteCache  # noqa: F401
     from forge.core import attrs as attr  # noqa: F401
     from forge.core.actions import Action, ActionResult, SourceFile  # noqa: F401
     from forge.core.canonical import canonical_json  # noqa: F401

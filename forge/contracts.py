@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from forge.core.oci.image import Image
     from forge.core.platforms import Platform
 
-__all__ = ["Executor", "RemoteCache"]
+__all__ = ["Executor", "LazyRemoteCache", "RemoteCache"]
 
 
 @runtime_checkable
@@ -145,5 +145,33 @@ class RemoteCache(Protocol):
         """Called for every message about this backend.
 
         :returns: where it is, e.g. ``host/repository``, never with credentials.
+        """
+        ...
+
+
+@runtime_checkable
+class LazyRemoteCache(RemoteCache, Protocol):
+    """A remote cache that can hand out a result without its bytes (build without the
+    bytes): the scheduler asks ``lookup_record`` for actions whose outputs nothing may
+    read (not a requested target) and ``fetch`` when something does. A backend that is
+    only a ``RemoteCache`` is asked ``lookup`` (result and every blob) instead.
+    """
+
+    def lookup_record(self, key: str) -> ActionResult | None:
+        """Called from a worker thread after a local
+        miss of an action whose bytes nothing may need: the result only, its blobs left
+        remote. A backend without it is asked ``lookup`` instead.
+
+        :returns: the result stored under ``key``, or None; raises like ``lookup``.
+        """
+        ...
+
+    def fetch(self, key: str, result: ActionResult, cas: CAS) -> int:
+        """Called from a worker thread when an action is
+        about to read ``result``'s bytes: put every blob of it that ``cas`` lacks there,
+        verified.
+
+        :returns: the number of blobs pulled. Raises ``forge.RemoteEntryInvalid`` when the
+            backend no longer has them (the scheduler then runs the producer locally).
         """
         ...

@@ -289,6 +289,7 @@ class OciCache(forge.RemoteCache):
         self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self._lock = threading.Lock()
         self._present: set[str] = set()  # blobs known to be in the repository
+        self._entries: dict[str, Entry] = {}  # records read by lookup_record, for fetch
         self._blob_locks: dict[str, threading.Lock] = {}
 
     def describe(self) -> str:
@@ -320,19 +321,43 @@ class OciCache(forge.RemoteCache):
         the registry failed. Blobs verified into ``cas`` before a failure stay (the CAS only
         holds verified content); the result is returned only when all of them are there.
         """
+        result = self.lookup_record(key)
+        if result is not None:
+            self.fetch(key, result, cas)
+        return result
+
+    @_scrubbing
+    def lookup_record(self, key: str) -> ActionResult | None:
+        """The result stored under ``key``, its blobs left in the registry (the record and
+        manifest are read and checked: two small requests)."""
         if not self.readable:
             return None
         check_key(key)
         entry = self.entry(key)
         if entry is None:
             return None
+        with self._lock:
+            self._entries[key] = entry
+        return entry.result
+
+    @_scrubbing
+    def fetch(self, key: str, result: ActionResult, cas: CAS) -> int:
+        """Pull the blobs of ``result`` (stored under ``key``) that ``cas`` lacks, several
+        at once; returns how many were pulled. RemoteEntryInvalid when the registry no
+        longer has one (evicted, deleted): the entry is lost and its producer must run."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry.result != result:
+            entry = self.entry(key)
+            if entry is None or entry.result.digest != result.digest:
+                raise RemoteEntryInvalid(f"{self._where(key)}: the entry is gone or changed")
         where = self._where(key)
         todo = [(d, n) for d, n in entry.blobs if not cas.has(d)]
         self._transfer(lambda blob: self._pull_blob(cas, blob[0], blob[1], where), todo)
         missing = [d for d, _ in entry.blobs if not cas.has(d)]
         if missing:  # every pull raised or stored; this is a belt to those braces
             raise RemoteEntryInvalid(f"{where}: blob(s) {', '.join(missing)} did not arrive")
-        return entry.result
+        return len(todo)
 
     @_scrubbing
     def entry(self, key: str) -> Entry | None:

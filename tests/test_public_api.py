@@ -118,7 +118,7 @@ def test_public_names_resolve_lazily():
 
 
 def test_protocol_members_are_documented():
-    for proto in (forge.Executor, forge.RemoteCache):
+    for proto in (forge.Executor, forge.RemoteCache, forge.LazyRemoteCache):
         members = [m for m in vars(proto) if not m.startswith("_") and callable(vars(proto)[m])]
         assert members
         for member in members:
@@ -140,6 +140,7 @@ def test_builtin_executor_and_cache_satisfy_the_contracts():
     assert isinstance(executor, forge.Executor)
     cache = OciCache(CacheSettings("127.0.0.1:5000/forge/contract-test"))
     assert isinstance(cache, forge.RemoteCache)
+    assert isinstance(cache, forge.LazyRemoteCache)
     assert not cache.writable
     assert cache.describe() == "127.0.0.1:5000/forge/contract-test"
 
@@ -152,6 +153,8 @@ def test_contracts_are_structural():
         def version(self, platform=None): return "fake 1"
         def host_for(self, platform): return "nowhere"
         def is_native_remote(self, platform): return False
+        def load(self, cas, image, ref, platform): return {}
+        def clean(self, keep=None): return []
 
     assert isinstance(Fake(), forge.Executor)
     assert not isinstance(object(), forge.Executor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import uuid
 
 import pytest
@@ -293,7 +294,10 @@ def test_registry_killed_mid_build(forge_workspace, tmp_path, throwaway_registry
     kill = {"FORGE_TEST_KILL_PID": str(throwaway_registry.process.pid), "FORGE_TEST_KILL_ON": A,
             "FORGE_TEST_KILL_PORT": str(throwaway_registry.port)}
     out = b.run("build", "//p:c", "--json", "-j", "1", env=kill).assert_success()
-    assert out.statuses() == {A: "cached-remote", B: "built", C: "built"}
+    # A came as its record only; B, about to read A's bytes, found the registry dead: A's
+    # bytes are lost with it, so A is built here too (never reported as a cached result
+    # that is not there), then B and C; one warning
+    assert out.statuses() == {A: "built", B: "built", C: "built"}
     assert len(warnings(out)) == 1
 
 
@@ -411,3 +415,39 @@ def test_doctor_pings_the_remote_cache(forge_workspace, cache_url, closed_port):
     ws = forge_workspace({"WORKSPACE.toml": workspace_toml(f"127.0.0.1:{closed_port}/c")}, name="dead")
     out = ws.run("doctor")
     assert "[FAIL] remote cache" in out.stdout and "connection refused" in out.stdout
+
+
+# -- build without the bytes: records first, blobs when read, lost blobs re-run ------------
+
+
+@integration
+def test_intermediate_hits_bring_records_only_and_lost_blobs_rerun_their_producer(
+        forge_workspace, tmp_path, throwaway_registry):
+    url = f"{throwaway_registry.host}/cache"
+    files = chain_files()
+    a, b = two_caches(forge_workspace, tmp_path, files, workspace_toml(url, write=True),
+                      workspace_toml(url))
+    first = a.run("build", "//p:c", "--json").assert_success()
+    want = outputs(first)
+
+    # An empty cache asking for c: a and b come as records (nothing reads their bytes), c
+    # with its blobs; only c is recorded locally.
+    cas_b = CAS(b.cache / "cas")
+    restored = b.run("build", "//p:c", "--json").assert_success()
+    assert restored.statuses() == {A: "cached-remote", B: "cached-remote", C: "cached-remote"}
+    assert not cas_b.has(want[A]["out"]) and not cas_b.has(want[B]["out"])
+    assert cas_b.has(want[C]["out"])
+
+    # The registry loses b's output blob; c is edited, so it must read b's bytes: b is
+    # built here in the same build (from a's bytes, fetched), then c; one warning names b.
+    blob = want[B]["out"].split(":")[1]
+    shutil.rmtree(throwaway_registry.root / "data/docker/registry/v2/blobs/sha256" / blob[:2] / blob)
+    (b.root / "p/BUILD").write_text(files["p/BUILD"].replace('text = "c-', 'text = "c2-'))
+    edited = b.run("build", "//p:c", "--json").assert_success()
+    assert edited.statuses() == {A: "cached-remote", B: "built", C: "built"}
+    assert outputs(edited)[B] == want[B]  # the same bytes, made again
+    lost = [w for w in warnings(edited) if "gone" in w]
+    assert len(lost) == 1 and "//p:b" in lost[0], warnings(edited)
+    assert cas_b.has(want[A]["out"]) and cas_b.has(want[B]["out"])
+    again = b.run("build", "//p:c", "--json").assert_success()
+    assert again.executed() == []

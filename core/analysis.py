@@ -36,10 +36,12 @@ class _Frame:
 
 
 class Analyzer:
-    def __init__(self, loader: Loader, default_platform: Platform, epoch: int = 0):
+    def __init__(self, loader: Loader, default_platform: Platform, epoch: int = 0,
+                 reproducible: bool = False):
         self.loader = loader
         self.default_platform = default_platform
         self.epoch = epoch
+        self.reproducible = reproducible
         self.configured: dict[Label, ConfiguredTarget] = {}
         self._stack: list[Label] = []
 
@@ -85,7 +87,7 @@ class Analyzer:
     def _configure(self, target: TargetDef) -> ConfiguredTarget:
         label = target.label
         deps = {dep: self.configured[dep] for _, dep in target.deps()}
-        ctx = AnalysisContext(target, deps, self.default_platform, self.epoch)
+        ctx = AnalysisContext(target, deps, self.default_platform, self.epoch, self.reproducible)
         try:
             returned = list(target.rule().analyze(ctx) or [])
         except ForgeError as exc:

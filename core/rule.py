@@ -100,9 +100,13 @@ class AnalysisContext:
         deps: dict[Label, ConfiguredTarget],
         default_platform: Platform,
         epoch: int = 0,
+        reproducible: bool = False,
     ):
         self.label = target.label
         self.epoch = epoch  # SOURCE_DATE_EPOCH of this build; enters keys via timestamps=True
+        # [build] reproducible: the default of rules that run engines and can clamp what
+        # the engine wrote (a rule attribute of the same name overrides it)
+        self.reproducible = reproducible
         self.location = target.location
         self.package_dir = target.package_dir
         self._target = target

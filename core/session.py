@@ -121,7 +121,8 @@ class Session:
         return list(labels)
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
-        analyzer = Analyzer(self.loader, self.default_platform, self.epoch)
+        analyzer = Analyzer(self.loader, self.default_platform, self.epoch,
+                            bool(self.workspace.section("build")["reproducible"]))
         targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
         return targets, analyzer
 

@@ -37,6 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]] | None] = {
         "platforms": (list[str], []),
         "keep_going": (bool, False),
         "glob_excludes": (list[str], list(DEFAULT_GLOB_EXCLUDES)),
+        "reproducible": (bool, False),
     },
     "cache": {"dir": (str, ""), "max_size": (str, "")},
     "remote_cache": {

@@ -41,6 +41,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "write_docker_archive": ("forge.core.oci.docker_archive", "write_docker_archive"),
     "chain_ids": ("forge.core.oci.docker_archive", "chain_ids"),
     "store_tar": ("forge.core.oci.layer_writer", "store_tar"),
+    "clamp_mtimes": ("forge.core.oci.layer_writer", "clamp_mtimes"),
     "open_decompressed": ("forge.core.oci.compression", "open_decompressed"),
     "assemble_image": ("forge.core.oci.image", "assemble_image"),
     "write_layout": ("forge.core.oci.layout", "write_layout"),
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from forge.core.oci.image import assemble_image, load  # noqa: F401
     from forge.core.oci.importers import import_any  # noqa: F401
-    from forge.core.oci.layer_writer import store_tar  # noqa: F401
+    from forge.core.oci.layer_writer import clamp_mtimes, store_tar  # noqa: F401
     from forge.core.oci.layout import write_layout  # noqa: F401
     from forge.core.oci.registry import (  # noqa: F401
         ContentMismatch,

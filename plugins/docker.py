@@ -221,6 +221,8 @@ class DockerExecutor(forge.Executor):
         if image_id is None:
             raise forge.ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
         image = self.export(rc, client, image_id, base)
+        if p.get("reproducible"):
+            image = reproducible(rc, image, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
         image = forge.with_config(image, platform=platform, epoch=rc.epoch)
@@ -233,6 +235,35 @@ class DockerExecutor(forge.Executor):
                f"({rc.counters.get('engine_to_cas_layers', 0)} layers), CAS→engine "
                f"{forge.human_size(rc.counters.get('cas_to_engine_bytes', 0))}")
         return image
+
+
+def reproducible(rc: forge.RunContext, image: Any, base: Any) -> Any:
+    """``reproducible = True``: the step's new layers with mtimes clamped to the epoch,
+    the engine's timestamps gone from the new history entries, and the engine's own
+    fields (``container``, ``container_config``: the build container's ID and host name;
+    ``docker_version``) dropped, as BuildKit's rewrite-timestamp does. Two engines that
+    run the same deterministic step then give one digest; the new layers no longer match
+    the engine's, so the next step loads them (only them) back."""
+    import datetime
+
+    known = {layer.diff_id for layer in base.layers} if base is not None else set()
+    layers = [layer if layer.diff_id in known else forge.oci.clamp_mtimes(rc.cas, layer, rc.epoch)
+              for layer in image.layers]
+    config = image.config
+    for field in ("container", "container_config", "docker_version"):
+        config.pop(field, None)
+    created = datetime.datetime.fromtimestamp(rc.epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    inherited = len(base.config.get("history") or []) if base is not None else 0
+    history = list(config.get("history") or [])
+    for entry in history[inherited:]:
+        entry["created"] = created
+    config["history"] = history
+    config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]}
+    config_bytes = forge.canonical_json(config)
+    rc.cas.put_bytes(config_bytes)
+    rewritten = forge.oci.assemble_image(config_bytes, layers)
+    forge.store_image(rc.cas, rewritten)
+    return rewritten
 
 
 def build_ref(image_id: str) -> str:

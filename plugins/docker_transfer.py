@@ -261,12 +261,12 @@ def _export_save(cas: Any, client: Any, image_id: str, known: Mapping[str, Any],
 
 def present_chains(client: Any, store: LocalStore | None, chains: list[str]) -> set[str]:
     """Which of ``chains`` the engine holds: from its layer store, or from the layers of
-    the images forge tagged there."""
+    the images forge tagged there (its own, and the builders' results)."""
     if store is not None:
         return {c for c in chains if store.has_chain(c)}
     held: set[str] = set()
     try:
-        for image in client.images.list(filters={"reference": "forge-base/*"}):
+        for image in client.images.list(filters={"reference": ["forge-base/*", "forge-build/*"]}):
             held.update(forge.oci.chain_ids(image.attrs.get("RootFS", {}).get("Layers") or []))
     except Exception:  # noqa: BLE001 - unknown means "send everything"
         return set()

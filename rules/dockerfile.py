@@ -41,6 +41,9 @@ DOCKERFILE_ATTRS = {
     "target": attr.string(default=None, doc="stage to stop at", example='target = "build"'),
     "network": attr.boolean(default=False, doc="allow network access in RUN (non-hermetic)",
                             example="network = True"),
+    "reproducible": attr.boolean(default=None, doc="clamp the new layers' mtimes and the history "
+                                 "to SOURCE_DATE_EPOCH (default: [build] reproducible)",
+                                 example="reproducible = True"),
     "platform": attr.platform(),
 }
 
@@ -69,6 +72,7 @@ def declare_build(
     ctx: forge.AnalysisContext, *, dockerfile: str, context: list[str], base: Any,
     build_args: dict[str, str], args_file: str | None, target: str | None, network: bool,
     platform: forge.Platform, description: str, context_root: str = "",
+    reproducible: bool = False,
 ) -> forge.Action:
     """Declare one DockerBuild action (shared by both rules)."""
     args = dict(build_args)
@@ -101,7 +105,9 @@ def declare_build(
         executor="docker", hermetic=not network,
         timestamps=True,  # the result's config `created` is the build's epoch
         params={"dockerfile": dockerfile, "context": sorted(context), "build_args": args,
-                "target": target, "network": network, "context_root": context_root},
+                "target": target, "network": network, "context_root": context_root,
+                # only when on, so the keys of every other step stay what they were
+                **({"reproducible": True} if reproducible else {})},
         description=description, materialize=forge.materialize_image,
     )
 
@@ -118,6 +124,7 @@ class Dockerfile(forge.Rule):
             ctx, dockerfile=a.dockerfile, context=list(a.srcs), base=a.base,
             build_args=a.build_args, args_file=a.args_file, target=a.target, network=a.network,
             platform=platform, description=a.dockerfile + (f" --target {a.target}" if a.target else ""),
+            reproducible=ctx.reproducible if a.reproducible is None else a.reproducible,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
 
@@ -137,6 +144,8 @@ CHAIN_ATTRS = {
     "srcs": attr.sources(default=[], doc="extra package files added to every step's context"),
     "build_args": attr.string_dict(default={}, doc="build arguments for every step"),
     "network": attr.boolean(default=False, doc="allow network access in RUN (non-hermetic)"),
+    "reproducible": attr.boolean(default=None, doc="clamp every step's new layers' mtimes and "
+                                 "history to SOURCE_DATE_EPOCH (default: [build] reproducible)"),
     "platform": attr.platform(),
 }
 
@@ -188,6 +197,7 @@ class DockerfileChain(forge.Rule):
                 build_args=a.build_args, args_file=f"{a.dir}/{args_file}" if args_file else None,
                 target=None, network=a.network, platform=platform, description=fname,
                 context_root=a.dir.strip("/"),
+                reproducible=ctx.reproducible if a.reproducible is None else a.reproducible,
             )
             previous = action
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]

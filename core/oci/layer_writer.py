@@ -433,3 +433,38 @@ def store_tar(cas: CAS, fh: BinaryIO, *, compression: str = comp.GZIP, level: in
         finally:
             sink.stop()
     return Layer(out.digest, diff_id, out.size, layer_media_type(compression))
+
+
+def clamp_mtimes(cas: CAS, layer: Layer, epoch: int, *, compression: str = comp.GZIP,
+                 level: int | None = None) -> Layer:
+    """``layer`` with every entry's mtime clamped to ``epoch`` (BuildKit's
+    rewrite-timestamp): names, modes, owners, xattrs, links and content stay, the order
+    stays; only mtimes later than ``epoch`` become ``epoch`` (sub-second PAX mtimes and
+    atime/ctime records are dropped). The result is a new tar (new diff_id), the same on
+    every machine that made the same files, whenever it made them."""
+    with cas.open(layer.digest) as blob, cas.writer() as out:
+        source = comp.open_decompressed(blob, layer.compression)
+        sink = _BlobSink(out, compression, comp.check(compression, level))
+        try:
+            with tarfile.open(fileobj=source, mode="r|") as tin, \
+                    tarfile.open(fileobj=_SinkFile(sink), mode="w|", format=tarfile.PAX_FORMAT) as tout:
+                for member in tin:
+                    member.mtime = min(int(member.mtime), epoch)
+                    for record in ("mtime", "atime", "ctime"):
+                        member.pax_headers.pop(record, None)
+                    tout.addfile(member, tin.extractfile(member) if member.isreg() else None)
+            diff_id = sink.finish()
+        finally:
+            sink.stop()
+    return Layer(out.digest, diff_id, out.size, layer_media_type(compression))
+
+
+class _SinkFile:
+    """A write-only file over a _BlobSink (tarfile's stream mode needs ``write``)."""
+
+    def __init__(self, sink: _BlobSink):
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        return len(data)

@@ -367,46 +367,54 @@ def cache_gc(ctx, max_size, max_age) -> None:
     from forge.core.report import human_size
 
     session = _session(ctx)
+    cas = session.cas
+    ours = _clean_engines(session, cas.has, dry_run=True)  # engine images of results held now
     report = collect(session, parse_size(max_size), debris_max_age=parse_duration(max_age))
     click.echo(f"removed {report.removed} blobs ({human_size(report.freed)}), {report.dropped} action "
                f"results, {report.debris.entries} temp entries of dead builds "
                f"({human_size(report.debris.bytes)})")
-    _clean_engines(session, keep=session.cas.has)
+    _clean_engines(session, lambda d: d in ours and not cas.has(d))  # those of dropped results
 
 
-def _clean_engines(session, keep=None) -> None:
-    """Each executor's leftovers in its runtime; a runtime that does not answer is named."""
+def _clean_engines(session, select, dry_run: bool = False) -> set[str]:
+    """What each executor left in its runtime for the results ``select`` picks; a runtime
+    that does not answer is named, and skipped."""
     from forge.core.errors import ForgeError
 
+    picked: set[str] = set()
     for name in session.executors.names():
         try:
             executor = session.executor(name)
             if not hasattr(executor, "clean"):
                 continue
-            removed = executor.clean(keep)
+            found = executor.clean(select, dry_run=dry_run)
         except ForgeError as e:
-            click.echo(f"{name}: engine not cleaned: {e}", err=True)
+            if not dry_run:
+                click.echo(f"{name}: engine not cleaned: {e}", err=True)
             continue
-        click.echo(f"{name}: removed {len(removed)} engine images forge had tagged")
+        picked.update(found)
+        if not dry_run:
+            click.echo(f"{name}: removed the engine images of {len(found)} results")
+    return picked
 
 
 @main.command()
 @click.option("--expunge", is_flag=True, help="Also delete the whole local cache directory.")
 @click.option("--engine", is_flag=True,
-              help="Also remove the images forge tagged in its engines (forge-base/*, forge-build/*).")
+              help="Also remove the engine images forge tagged for results in this cache.")
 @click.pass_context
 def clean(ctx, expunge, engine) -> None:
     """Delete forge-out/ (with --expunge the cache, with --engine forge's engine images)."""
     import shutil
 
     session = _session(ctx)
+    if engine:  # first: which engine images are ours is known from the cache
+        _clean_engines(session, session.cas.has)
     shutil.rmtree(session.workspace.out_dir, ignore_errors=True)
     click.echo(f"removed {session.workspace.out_dir}")
     if expunge:
         shutil.rmtree(session.cache_dir, ignore_errors=True)
         click.echo(f"removed {session.cache_dir}")
-    if engine:
-        _clean_engines(session)
 
 
 if __name__ == "__main__":  # pragma: no cover

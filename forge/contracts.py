@@ -77,13 +77,15 @@ class Executor(Protocol):
         """
         ...
 
-    def clean(self, keep: Callable[[str], bool] | None = None) -> list[str]:
+    def clean(self, select: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
         """Called by ``forge clean --engine`` and ``forge cache gc`` (main thread): remove
-        what forge left in the runtime (images it tagged, build leftovers).
+        what forge left in the runtime for the results ``select`` picks.
 
-        :param keep: given an image's config digest, whether the local cache still holds
-            it (then it may stay); None removes everything forge made.
-        :returns: the names removed.
+        :param select: given a result image's config digest, whether to remove what the
+            runtime holds for it (``forge clean --engine``: the results in this cache;
+            ``forge cache gc``: the ones it just dropped).
+        :param dry_run: only say which digests would be removed.
+        :returns: the config digests removed (or to be removed).
         """
         ...
 

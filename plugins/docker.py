@@ -35,7 +35,7 @@ START_HINT = (
 )
 _KEYS = ("hosts", "transfer")
 BASE_REPO = "forge-base"  # forge's images, named by config digest
-BUILD_REPO = "forge-build"  # the builder's results, named by their engine ID
+BUILD_REPO = "forge-build"  # the builders' results, tagged with forge's config hex
 _TRANSFERS = ("auto", "save")
 
 
@@ -126,29 +126,33 @@ class DockerExecutor(forge.Executor):
         self.put(rc.cas, image, ref, rc.platform, count=rc.count, tempdir=rc.tempdir())
         return ref
 
-    def clean(self, keep: Callable[[str], bool] | None = None) -> list[str]:
-        """Remove the images forge tagged in every engine it uses: ``forge-base/*`` (its
-        images, named by config digest; those whose config ``keep`` accepts stay) and
-        ``forge-build/*`` (the builders' results, the engines' build cache). Returns the
-        tags removed. An image a container uses, or someone else tagged too, stays."""
+    def clean(self, select: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+        """Remove the images forge tagged in every engine it uses whose forge config
+        digest ``select`` picks: ``forge-base/<digest>`` (forge's images, whose ID is that
+        digest) and ``forge-build:<digest hex>`` (the builder's own result of that step,
+        the engine's build cache). Returns the digests removed (to be removed, with
+        ``dry_run``). An image a container uses stays."""
         import docker
 
-        removed = []
+        picked = []
         platforms: dict[str, forge.Platform | None] = {self.host_for(None): None}
         for platform in self.hosts:
             platforms.setdefault(self.host_for(platform), platform)
         for platform in platforms.values():
             client = self.client(platform)
-            for repo in (BASE_REPO, BUILD_REPO):
-                for image in client.images.list(filters={"reference": f"{repo}/*"}):
-                    if repo == BASE_REPO and keep is not None and keep(image.id):
-                        continue
-                    for tag in image.tags:
-                        if tag.startswith(repo + "/"):
-                            with contextlib.suppress(docker.errors.APIError):
-                                client.api.remove_image(tag)
-                                removed.append(tag)
-        return removed
+            tagged = [(tag, image.id) for image in client.images.list(filters={"reference": f"{BASE_REPO}/*"})
+                      for tag in image.tags if tag.startswith(BASE_REPO + "/")]
+            tagged += [(tag, "sha256:" + tag.rsplit(":", 1)[1])
+                       for image in client.images.list(name=BUILD_REPO)
+                       for tag in image.tags if tag.startswith(BUILD_REPO + ":")]
+            for tag, digest in tagged:
+                if not select(digest):
+                    continue
+                picked.append(digest)
+                if not dry_run:
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.api.remove_image(tag)
+        return sorted(set(picked))
 
     def load(self, cas: Any, image: Any, ref: str, platform: forge.Platform | None) -> dict[str, int]:
         """``--load``: tag ``image`` as ``ref`` in the engine that serves ``platform``;
@@ -228,9 +232,10 @@ class DockerExecutor(forge.Executor):
         image = forge.with_config(image, platform=platform, epoch=rc.epoch)
         # That changes the config digest. The engine gets forge's image (its config alone:
         # the layers are there) when something asks for it, the next step of a chain or
-        # --load. The builder's own image is the engine's build cache: tagged, so that it
-        # is forge's to collect (`forge clean --engine`) and not an anonymous leftover.
-        client.api.tag(image_id, build_ref(image_id))
+        # --load. The builder's own image is the engine's build cache: tagged
+        # forge-build:<forge's config hex>, so it is forge's to collect with the result
+        # (`forge clean --engine`, `forge cache gc`), not an anonymous leftover.
+        client.api.tag(image_id, BUILD_REPO, tag=image.config_digest.split(":")[1])
         rc.log(f"engine→CAS {forge.human_size(rc.counters.get('engine_to_cas_bytes', 0))} "
                f"({rc.counters.get('engine_to_cas_layers', 0)} layers), CAS→engine "
                f"{forge.human_size(rc.counters.get('cas_to_engine_bytes', 0))}")
@@ -264,11 +269,6 @@ def reproducible(rc: forge.RunContext, image: Any, base: Any) -> Any:
     rewritten = forge.oci.assemble_image(config_bytes, layers)
     forge.store_image(rc.cas, rewritten)
     return rewritten
-
-
-def build_ref(image_id: str) -> str:
-    """The engine tag of a builder's own result (the engine's build cache)."""
-    return f"{BUILD_REPO}/{image_id.split(':')[1][:32]}:latest"
 
 
 def engine_ref(image: Any) -> str:

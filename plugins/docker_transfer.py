@@ -266,7 +266,7 @@ def present_chains(client: Any, store: LocalStore | None, chains: list[str]) -> 
         return {c for c in chains if store.has_chain(c)}
     held: set[str] = set()
     try:
-        for image in client.images.list(filters={"reference": ["forge-base/*", "forge-build/*"]}):
+        for image in client.images.list(filters={"reference": ["forge-base/*", "forge-build"]}):
             held.update(forge.oci.chain_ids(image.attrs.get("RootFS", {}).get("Layers") or []))
     except Exception:  # noqa: BLE001 - unknown means "send everything"
         return set()

@@ -9,7 +9,7 @@ from tests.services import require_docker
 
 # Tags forge and its tests give images; only these are ever removed, and only when the
 # image appeared during the test (the engine may be shared with other users and builds).
-OWN_TAG_PREFIXES = ("forge-test/", "forge-base/", "forge-build/")
+OWN_TAG_PREFIXES = ("forge-test/", "forge-base/", "forge-build:")
 
 
 def created_images(client, before: set[str]) -> list:

@@ -154,7 +154,7 @@ def test_contracts_are_structural():
         def host_for(self, platform): return "nowhere"
         def is_native_remote(self, platform): return False
         def load(self, cas, image, ref, platform): return {}
-        def clean(self, keep=None): return []
+        def clean(self, select, *, dry_run=False): return []
 
     assert isinstance(Fake(), forge.Executor)
     assert not isinstance(object(), forge.Executor)

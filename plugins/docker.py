@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tarfile
 import threading
@@ -181,6 +182,36 @@ class DockerExecutor(forge.Executor):
         return transfer.export_image(rc.cas, client, image_id, known=known, store=store,
                                      count=rc.count, log=rc.log)
 
+    def _put_early(self, rc: forge.RunContext, client: Any, image_id: str) -> tuple[Any, threading.Thread] | None:
+        """While the new layers are read: forge's config of the result (it needs the
+        engine's config, not the layers) is loaded over the engine's layers, so the next
+        step, or --load, finds forge's image already there. Only from a readable engine
+        store; None otherwise (the image is then put when something asks for it)."""
+        store = self.store(rc.platform)
+        if store is None:
+            return None
+        try:
+            config_bytes = store.config_bytes(image_id)
+            diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
+        except (transfer.EngineStoreError, ValueError, KeyError, TypeError):
+            return None
+        # with_config rewrites the config alone: stand-in layers give its exact bytes
+        stand_ins = [forge.Layer(d, d, 0) for d in diff_ids]
+        early = forge.with_config(forge.oci.assemble_image(config_bytes, stand_ins),
+                                  platform=rc.platform, epoch=rc.epoch)
+        rc.cas.put_bytes(early.config_bytes)
+        tempdir = rc.tempdir()
+
+        def put() -> None:
+            try:
+                self.put(rc.cas, early, engine_ref(early), rc.platform, count=rc.count, tempdir=tempdir)
+            except Exception as exc:  # noqa: BLE001 - the lazy put later is the fallback
+                rc.log(f"loading forge's config early failed ({exc}); it is loaded when needed")
+
+        thread = threading.Thread(target=put, name="forge-docker-put", daemon=True)
+        thread.start()
+        return early, thread
+
 # -- builds --------------------------------------------------------------------------
     def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any) -> Any:
         p = rc.params
@@ -224,15 +255,22 @@ class DockerExecutor(forge.Executor):
                                    f"    {detail}\n  last output:\n    {last}")
         if image_id is None:
             raise forge.ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
-        image = self.export(rc, client, image_id, base)
+        early = None if p.get("reproducible") else self._put_early(rc, client, image_id)
+        try:
+            image = self.export(rc, client, image_id, base)
+        finally:
+            if early is not None:
+                early[1].join()
         if p.get("reproducible"):
             image = reproducible(rc, image, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
         image = forge.with_config(image, platform=platform, epoch=rc.epoch)
+        if early is not None and early[0].config_digest != image.config_digest:
+            rc.log(f"forge's early config {early[0].config_digest} is not the result's")
         # That changes the config digest. The engine gets forge's image (its config alone:
-        # the layers are there) when something asks for it, the next step of a chain or
-        # --load. The builder's own image is the engine's build cache: tagged
+        # the layers are there), early when the engine's store is readable, else when
+        # something asks for it (the next step of a chain, --load). The builder's own image is the engine's build cache: tagged
         # forge-build:<forge's config hex>, so it is forge's to collect with the result
         # (`forge clean --engine`, `forge cache gc`), not an anonymous leftover.
         client.api.tag(image_id, BUILD_REPO, tag=image.config_digest.split(":")[1])

@@ -240,6 +240,7 @@ class CAS:
         self._blobs_str = str(self._blobs)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._exposed: dict[str, list] | None = None
+        self._exposed_lock = threading.Lock()
         self._exposed_dirty = False
         self._owner: str | None = None  # set by the first temp entry (_temp_prefix)
         self._owner_lock = threading.Lock()
@@ -497,12 +498,13 @@ class CAS:
         return st.st_ino == sig[2] and st.st_dev == sig[4]
 
     def _exposed_memo(self) -> dict[str, list]:
-        if self._exposed is None:
-            try:
-                self._exposed = json.loads((self.root / EXPOSED_MEMO).read_bytes())
-            except (FileNotFoundError, ValueError):
-                self._exposed = {}
-        return self._exposed
+        with self._exposed_lock:  # read once; copy_out from several threads shares it
+            if self._exposed is None:
+                try:
+                    self._exposed = json.loads((self.root / EXPOSED_MEMO).read_bytes())
+                except (FileNotFoundError, ValueError):
+                    self._exposed = {}
+            return self._exposed
 
     def _remember(self, dest: Path, digest: str) -> None:
         sig = _stat_sig(dest)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from forge.core.cas import CAS, BlobMissing, sha256_digest, split_digest
@@ -41,10 +42,15 @@ def write_layout(cas: CAS, value: Image | Index, dest: Path, *, ref_name: str | 
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     images = value.images if isinstance(value, Index) else (value,)
+    sizes: dict[str, int] = {}
     for image in images:
-        for digest, _size in image.blobs():
-            _place_blob(cas, digest, blobs)
-        _place_blob(cas, image.digest, blobs)
+        sizes.update(image.blobs())
+        sizes[image.digest] = image.size
+    # Copies are hashed as they are written: several at once (hashing and the copy's
+    # system calls release the GIL), largest first; index.json is written after all.
+    order = sorted(sizes, key=lambda d: -sizes[d])
+    with ThreadPoolExecutor(max_workers=min(4, len(order)) or 1, thread_name_prefix="forge-layout") as pool:
+        list(pool.map(lambda digest: _place_blob(cas, digest, blobs), order))
     if isinstance(value, Index):
         _place_blob(cas, value.digest, blobs)
     write_atomic(dest / "oci-layout", canonical_json(LAYOUT_VERSION))

@@ -56,9 +56,24 @@ class ActionCache:
             os.utime(path)  # recency for `forge cache gc`, which evicts whole results
         return result
 
-    def record(self, key: str, result: ActionResult, info: dict[str, Any] | None = None) -> None:
-        entry = {"key": key, "result": result.to_json(), "info": info or {}, "time": int(time.time())}
-        write_atomic(self._path(key), canonical_json(entry))
+    def record(self, key: str, result: ActionResult, info: dict[str, Any] | None = None) -> ActionResult:
+        """Record ``result`` under ``key`` unless a valid entry is there: the first writer
+        wins (two forge processes sharing a cache that ran one action at once), and the
+        result the cache holds afterwards is returned, so that every process keys the
+        dependents on that one. An entry that no longer verifies is replaced."""
+        entry = canonical_json({"key": key, "result": result.to_json(), "info": info or {},
+                                "time": int(time.time())})
+        path = self._path(key)
+        for _ in range(3):
+            try:
+                write_atomic(path, entry, exclusive=True)
+                return result
+            except FileExistsError:
+                held = self.lookup(key)  # removes an entry that does not verify
+                if held is not None:
+                    return held
+        write_atomic(path, entry)  # it kept vanishing under us: ours, plainly
+        return result
 
     def remove(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

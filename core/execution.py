@@ -341,7 +341,7 @@ class Scheduler:
         remote = self._remote_lookup(action, key)
         if remote is not None:
             if action not in self._lazy:  # recorded locally once its blobs are here
-                self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
+                remote = self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
             self.hooks.forge_action_finished(action=action, result=remote, status=CACHED_REMOTE)
             return Outcome(action, CACHED_REMOTE, key, remote, time.monotonic() - start)
         lost = [dep for dep in action.deps if not self._fetch(dep)]
@@ -382,8 +382,12 @@ class Scheduler:
         if lines:
             log_blob = self.cas.put_bytes(("\n".join(lines) + "\n").encode())
             result = result.with_log(log_blob.digest)
-        self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
-        self._remote_upload(action, key, result)
+        held = self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
+        if held.digest != result.digest:  # another forge sharing the cache recorded it first
+            self.reporter.action_log(action, f"another build recorded {key[:12]} first; using its result")
+            result = held
+        else:
+            self._remote_upload(action, key, result)
         self.hooks.forge_action_finished(action=action, result=result, status=BUILT)
         return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path,
                        counters=dict(ctx.counters))

@@ -31,8 +31,11 @@ _UMASK = _read_umask()
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False) -> Iterator[IO]:
-    """Open a temp file beside ``path``; rename it to ``path`` only if the block succeeds."""
+def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False,
+                  exclusive: bool = False) -> Iterator[IO]:
+    """Open a temp file beside ``path``; rename it to ``path`` only if the block succeeds.
+    ``exclusive``: link it there instead, so an existing ``path`` is kept and
+    FileExistsError raised (the first of concurrent writers wins)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -45,15 +48,21 @@ def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False) -> Itera
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as fh:
+def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    with atomic_writer(path, exclusive=exclusive) as fh:
         fh.write(data)
 
 

@@ -284,7 +284,7 @@ def reproducible(rc: forge.RunContext, image: Any, base: Any) -> Any:
     """``reproducible = True``: the step's new layers with mtimes clamped to the epoch,
     the engine's timestamps gone from the new history entries, and the engine's own
     fields (``container``, ``container_config``: the build container's ID and host name;
-    ``docker_version``) dropped, as BuildKit's rewrite-timestamp does. Two engines that
+    ``config.Image``: the builder's intermediate image; ``docker_version``) dropped, as BuildKit's rewrite-timestamp does. Two engines that
     run the same deterministic step then give one digest; the new layers no longer match
     the engine's, so the next step loads them (only them) back."""
     import datetime
@@ -295,6 +295,8 @@ def reproducible(rc: forge.RunContext, image: Any, base: Any) -> Any:
     config = image.config
     for field in ("container", "container_config", "docker_version"):
         config.pop(field, None)
+    # config.Image names the builder's last intermediate image: the engine's own ID
+    (config.get("config") or {}).pop("Image", None)
     created = datetime.datetime.fromtimestamp(rc.epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     inherited = len(base.config.get("history") or []) if base is not None else 0
     history = list(config.get("history") or [])

@@ -341,3 +341,36 @@ def test_pruned_remote_engine_with_warm_cache_gets_the_layers_again(
     assert out.executed() == []
     assert sent_on_load(out, tag) != "0 B"
     assert run_in(second_engine.client, tag) == expected_output(nonce)
+
+
+def forge_tags(client) -> set[str]:
+    return {t for image in client.images.list() for t in image.tags
+            if t.startswith(("forge-base/", "forge-build:"))}
+
+
+def test_clean_engine_and_gc_remove_the_engine_images_of_their_results(
+        forge_workspace, second_engine, tmp_path):
+    client = second_engine.client
+    keep = f"forge-test/keep-{uuid.uuid4().hex[:8]}:1"
+    second_engine.prune()
+    ours = chain_ws(forge_workspace, uuid.uuid4().hex, name="ours", cache=tmp_path / "ours",
+                    host=second_engine.host)
+    other = chain_ws(forge_workspace, uuid.uuid4().hex, name="other", cache=tmp_path / "other",
+                     host=second_engine.host)
+    ours.run("build", "//app:chain", "--json").assert_success()
+    mine = forge_tags(client)
+    other.run("build", "//app:chain", "--load", "--tag", keep).assert_success()
+    theirs = forge_tags(client) - mine
+    assert mine and theirs
+    # clean --engine: this cache's results only; another cache's images and a user's tag stay
+    out = ours.run("clean", "--engine").assert_success()
+    assert "removed the engine images of" in out.stdout
+    assert forge_tags(client) == theirs
+    assert keep in {t for image in client.images.list() for t in image.tags}
+    # nothing is lost: the CAS has every result; the engine gets what it lacks back
+    again = ours.run("build", "//app:chain", "--json", "--load", "--tag", "forge-test/again:1").assert_success()
+    assert again.executed() == []
+    # gc: only the engine images of the results it drops
+    before = forge_tags(client)
+    other.run("cache", "gc", "--max-size", "0").assert_success()
+    assert forge_tags(client) == before - theirs

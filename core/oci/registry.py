@@ -570,27 +570,65 @@ class RegistryClient:
 
     def pull_blob(self, cas: CAS, repo: str, digest: str, size: int | None = None) -> None:
         """Fetch a blob into the CAS, verified while it streams; a mismatch stores nothing
-        and raises ContentMismatch. With ``size``, a longer answer is cut off as one."""
+        and raises ContentMismatch. With ``size``, a longer answer is cut off as one.
+
+        A connection that breaks mid-blob, after bytes arrived, is resumed where it stopped
+        (``Range: bytes=N-``, up to RESUME_ATTEMPTS times, backing off): on a bad link the bytes already here
+        are never fetched again. A registry that ignores Range sends the whole blob again
+        and the part already written is skipped as it arrives."""
         if cas.has(digest):
             return
         what = f"download of blob {digest} from {self.host}/{repo}"
         self._ensure_ready()
+        url = self._api(repo, "blobs", digest)
         try:
-            with self._oras.get_blob(self._container(repo), digest, stream=True) as response:
-                if response.status_code != 200:
-                    raise self._fail(what, response)
-                with cas.writer(expected=digest) as out:
-                    for chunk in response.iter_content(1 << 20):
-                        out.write(chunk)
-                        if size is not None and out.size > size:
-                            raise ContentMismatch(f"{what}: the registry sent more than the "
-                                                  f"{size} bytes its descriptor says; nothing stored")
+            with cas.writer(expected=digest) as out:
+                breaks = 0
+                while True:
+                    before = out.size
+                    try:
+                        self._stream_blob(what, url, out, size)
+                        break
+                    except _RESUMABLE as e:
+                        breaks += 1
+                        # An attempt that got nothing is a registry that is down: fail at
+                        # once (the scheduler degrades); one that got bytes is resumed.
+                        if out.size == before or breaks > RESUME_ATTEMPTS:
+                            raise RegistryError(f"{what} failed at byte {out.size} "
+                                                f"(after {breaks - 1} resumes): {self._reason(e)}") from None
+                        time.sleep(min(0.1 * 2 ** breaks, 2.0))
         except BlobMissing as e:
             raise ContentMismatch(f"{what}: the registry sent other content ({e})") from None
         except requests.RequestException as e:
             raise RegistryError(f"{what} failed: {self._reason(e)}") from None
         except ValueError as e:  # oras: "Cannot respond to request for authentication."
             raise RegistryAuthError(f"{what}: registry {self.host} refused access ({self._scrub(str(e))})") from None
+
+    def _stream_blob(self, what: str, url: str, out, size: int | None) -> None:
+        """One GET of the blob from ``out.size`` on, appended to ``out``."""
+        offset = out.size
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        with self._oras.do_request(url, "GET", headers=headers, stream=True) as response:
+            if response.status_code == 206 and offset:
+                start = _range_start(response.headers.get("Content-Range", ""))
+                if start != offset:
+                    raise ContentMismatch(f"{what}: asked for bytes {offset}- and got "
+                                          f"{response.headers.get('Content-Range')!r}")
+                skip = 0
+            elif response.status_code == 200:
+                skip = offset  # from the start again: drop what is already written
+            else:
+                raise self._fail(what, response)
+            for chunk in response.iter_content(1 << 20):
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                    if not chunk:
+                        continue
+                out.write(chunk)
+                if size is not None and out.size > size:
+                    raise ContentMismatch(f"{what}: the registry sent more than the "
+                                          f"{size} bytes its descriptor says; nothing stored")
 
     def read_blob(self, repo: str, digest: str) -> bytes:
         """A small blob (a config) into memory, verified, not stored."""
@@ -803,3 +841,15 @@ def _entry_for(entries: Iterable[dict], want: Platform, what: str) -> str:
             return entry.get("digest", "")
         have.append(str(platform))
     raise RegistryError(f"{what} has no image for {want}; it has: {', '.join(have) or 'none'}")
+
+
+RESUME_ATTEMPTS = 5  # breaks of one blob download resumed before it fails
+# What a broken link looks like to requests mid-body: resumed, not failed.
+_RESUMABLE = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+              requests.exceptions.Timeout)
+
+
+def _range_start(content_range: str) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
+    m = re.match(r"bytes (\d+)-\d+/(\d+|\*)$", content_range.strip())
+    return int(m.group(1)) if m else None

@@ -178,6 +178,9 @@ class Seen:
 Rule = Callable[[Seen], "tuple[int, dict[str, str], bytes] | None"]
 
 
+CUT_HEADER = "X-Forge-Test-Cut"
+
+
 class FaultProxy:
     """A plain-HTTP proxy in front of a real registry: forwards every request, records it,
     and lets a test answer chosen ones itself (a 500 on the manifest PUT, a 412, a delay)."""
@@ -221,6 +224,9 @@ class FaultProxy:
                     hook(seen, response.status)
 
             def _reply(self, status: int, headers: dict[str, str], body: bytes, head: bool = False) -> None:
+                # A rule's X-Forge-Test-Cut: N sends the first N bytes of the body and
+                # drops the connection (a link that breaks mid-download).
+                cut = headers.pop(CUT_HEADER, None)
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -228,7 +234,11 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if not head and body:
-                    self.wfile.write(body)
+                    self.wfile.write(body if cut is None else body[:int(cut)])
+                if cut is not None:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 

@@ -451,3 +451,42 @@ def test_intermediate_hits_bring_records_only_and_lost_blobs_rerun_their_produce
     assert cas_b.has(want[A]["out"]) and cas_b.has(want[B]["out"])
     again = b.run("build", "//p:c", "--json").assert_success()
     assert again.executed() == []
+
+
+@integration
+def test_a_download_cut_mid_blob_resumes_where_it_stopped(registry_proxy, tmp_path):
+    """A link that breaks after 1 MiB of a 3 MiB blob: the client asks for the rest
+    (Range), and the bytes it had are not fetched again."""
+    import os
+    import urllib.request
+
+    from forge.core.oci.registry import RegistryClient
+
+    from .conftest import CUT_HEADER
+
+    repo = unique_repo()
+    data = os.urandom(3 << 20)
+    src = CAS(tmp_path / "src")
+    digest = src.put_bytes(data).digest
+    RegistryClient(require_registry(), insecure=True).push_blob(src, repo, digest)
+    cut = {"done": False}
+
+    def cut_first_get(seen):
+        if seen.method == "GET" and seen.path.endswith(f"/blobs/{digest}") and not cut["done"]:
+            cut["done"] = True
+            url = f"http://{require_registry()}{seen.path}"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body = resp.read()
+            return 200, {"Content-Type": "application/octet-stream", CUT_HEADER: str(1 << 20)}, body
+        return None
+
+    registry_proxy.rules.append(cut_first_get)
+    dest = CAS(tmp_path / "dest")
+    RegistryClient(registry_proxy.host, insecure=True).pull_blob(dest, repo, digest, len(data))
+    assert dest.read_bytes(digest) == data
+    gets = [s for s in registry_proxy.seen if s.method == "GET" and s.path.endswith(f"/blobs/{digest}")]
+    assert len(gets) == 2
+    ranges = [{k.lower(): v for k, v in g.headers.items()}.get("range") for g in gets]
+    assert ranges[0] is None
+    start = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < start <= 1 << 20  # resumed after what had arrived, not from byte 0

@@ -70,6 +70,7 @@ class DockerExecutor(forge.Executor):
         self._stores: dict[str, transfer.LocalStore | None] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
+        self._warned: set[str] = set()  # hosts already said to use the docker-save route
 
     def host_for(self, platform: forge.Platform | None) -> str:
         if platform is not None and platform in self.hosts:
@@ -176,8 +177,14 @@ class DockerExecutor(forge.Executor):
         """Bring an engine image into the CAS, reading only the layers ``base`` lacks."""
         store = self.store(rc.platform)
         if store is None:
-            rc.log(f"{self.host_for(rc.platform)}: reading the result with docker save (the whole "
-                   "image crosses the connection; only new layers are compressed and kept)")
+            host = self.host_for(rc.platform)
+            message = (f"{host}: reading results with docker save (the engine's layer store is "
+                       "not readable here, so each step's whole image crosses the connection; "
+                       "only its new layers are kept)")
+            with self._lock:
+                first = host not in self._warned and self.transfer == "auto"
+                self._warned.add(host)
+            rc.warn(message) if first else rc.log(message)
         known = {layer.diff_id: layer for layer in base.layers} if base is not None else {}
         return transfer.export_image(rc.cas, client, image_id, known=known, store=store,
                                      count=rc.count, log=rc.log)

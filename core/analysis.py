@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
@@ -23,6 +24,9 @@ from forge.core.loading import Loader
 from forge.core.platforms import Platform
 from forge.core.providers import DefaultInfo
 from forge.core.rule import AnalysisContext, ConfiguredTarget, TargetDef
+
+if TYPE_CHECKING:
+    from forge.core.registry import ExecutorSelection
 
 _LOCATED_RE = re.compile(r"^(?!//)[^\s:]+:\d+\b")  # "file:line" at the start of a message
 
@@ -37,11 +41,12 @@ class _Frame:
 
 class Analyzer:
     def __init__(self, loader: Loader, default_platform: Platform, epoch: int = 0,
-                 reproducible: bool = False):
+                 reproducible: bool = False, executors: ExecutorSelection | None = None):
         self.loader = loader
         self.default_platform = default_platform
         self.epoch = epoch
         self.reproducible = reproducible
+        self.executors = executors  # which executor a target's container work runs on
         self.configured: dict[Label, ConfiguredTarget] = {}
         self._stack: list[Label] = []
 
@@ -87,7 +92,8 @@ class Analyzer:
     def _configure(self, target: TargetDef) -> ConfiguredTarget:
         label = target.label
         deps = {dep: self.configured[dep] for _, dep in target.deps()}
-        ctx = AnalysisContext(target, deps, self.default_platform, self.epoch, self.reproducible)
+        ctx = AnalysisContext(target, deps, self.default_platform, self.epoch, self.reproducible,
+                              self.executors)
         try:
             returned = list(target.rule().analyze(ctx) or [])
         except ForgeError as exc:

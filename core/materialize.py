@@ -1,4 +1,5 @@
-"""Getting built images out of forge: ``--load`` into a Docker engine, ``push`` to a registry."""
+"""Getting built images out of forge: ``--load`` into an executor's runtime, ``push`` to a
+registry."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def platform_suffix(platform) -> str:
 
 def load_into_engine(session: Session, summary: TargetSummary,
                      tag: str | None) -> list[tuple[str, dict[str, int]]]:
-    """Load an image target into the engine; an index loads each platform's image under
-    ``<tag>-<platform>`` (e.g. ``app:1-arm64``). The executor sends only the layers the
-    engine lacks: an image built there is tagged, not sent. Returns each ref with the
-    executor's transfer counters (``cas_to_engine_bytes``…)."""
+    """Load an image target into an executor's runtime; an index loads each platform's
+    image under ``<tag>-<platform>`` (e.g. ``app:1-arm64``). The executor is the one that
+    built the target (its default action's ``executor``), else the workspace's choice for
+    the image's platform (``[build] platform_executors``, then ``[build] executor``). It
+    sends only the layers the runtime lacks: an image built there is tagged, not sent.
+    Returns each ref with the executor's transfer counters (``cas_to_engine_bytes``…)."""
     from forge.core.oci.image import load, load_image
     from forge.core.platforms import parse_platform
 
@@ -41,11 +44,12 @@ def load_into_engine(session: Session, summary: TargetSummary,
         images = [(f"{ref}-{platform_suffix(image.platform)}", image) for image in index.images]
     else:
         return []
-    executor = session.executor("docker")
+    selection = session.executor_selection
     loaded = []
     for name, image in images:
         platform = image.platform or (parse_platform(summary.platform) if summary.platform else None)
-        loaded.append((name, executor.load(session.cas, image, name, platform)))
+        chosen = summary.executor or selection.resolve(platform, needed_by=f"--load of {summary.label}")
+        loaded.append((name, session.executor(chosen).load(session.cas, image, name, platform)))
     return loaded
 
 

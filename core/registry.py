@@ -1,4 +1,5 @@
-"""The plugin manager and the registries plugins fill: rules and executors.
+"""The plugin manager and the registries plugins fill: rules and executors, and which
+registered executor a target's container work runs on (``ExecutorSelection``).
 
 Built-in plugins are registered exactly like third-party ones (entry points in the
 ``forge`` group, then modules named in ``[plugins] modules``), then
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from forge.core import hookspecs
 from forge.core.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from forge.core.platforms import Platform
+    from forge.core.workspace import Workspace
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "forge.rules.builtin",
@@ -72,14 +77,69 @@ class ExecutorRegistry:
         with self._lock:
             if name not in self._instances:
                 if name not in self._factories:
-                    raise ConfigError(
-                        f"unknown executor '{name}'{did_you_mean(name, self._factories)}"
-                    )
+                    raise ConfigError(f"executor '{name}': {unknown_executor(name, self.names())}")
                 self._instances[name] = self._factories[name](workspace)
             return self._instances[name]
 
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+
+def unknown_executor(name: str, registered: Iterable[str]) -> str:
+    """The tail of every "no such executor" message: the nearest and all registered names."""
+    registered = sorted(registered)
+    return (f"no executor of that name is registered{did_you_mean(name, registered)}; "
+            f"registered executors: {', '.join(registered) or 'none'}")
+
+
+class ExecutorSelection:
+    """Which executor runs a target's container work, chosen and checked at analysis.
+
+    A target's ``executor`` attribute wins; else ``[build] platform_executors`` for the
+    action's platform; else ``[build] executor`` (default ``docker``). The name is checked
+    against the registered executors here, so a misspelt one is an error at the BUILD or
+    WORKSPACE.toml line that wrote it, before anything runs; the action carries the name
+    (``Action.executor``) and its run function asks ``rc.executor(rc.action.executor)``.
+
+    Not in the action key (core/actions.py, ``Action.executor``): an executor is where a
+    Dockerfile step runs, as an engine version or a native-versus-QEMU builder is. The
+    key covers what defines the step (Dockerfile, context, args, base, platform…), so CI
+    on Docker and a laptop on another executor share one remote cache; switching
+    executors reuses the results already built (``forge clean`` forgets them). An
+    executor whose builds mean something else than the Dockerfile says is a different
+    rule, not a different executor.
+    """
+
+    def __init__(self, registered: Iterable[str] | None, workspace: Workspace | None = None):
+        """``registered``: the executor names plugins registered (None: names are not
+        checked, for an analysis context made by hand); ``workspace``: whose ``[build]``
+        choices apply (None: the default, ``docker``)."""
+        self.registered = None if registered is None else tuple(sorted(registered))
+        self._workspace = workspace
+
+    def configured(self, platform: Platform | None) -> tuple[str, str]:
+        """(name, where it is written) of the workspace's choice for ``platform``."""
+        if self._workspace is None:
+            from forge.core.workspace import DEFAULT_EXECUTOR
+
+            return DEFAULT_EXECUTOR, f"[build] executor (default {DEFAULT_EXECUTOR!r})"
+        return self._workspace.configured_executor(platform)
+
+    def problem(self, name: str) -> str:
+        """'' when ``name`` is registered, else what is wrong, with the registered names."""
+        if self.registered is None or name in self.registered:
+            return ""
+        return unknown_executor(name, self.registered)
+
+    def resolve(self, platform: Platform | None, needed_by: str = "") -> str:
+        """The workspace's executor for ``platform``; ConfigError at its WORKSPACE.toml line
+        when no such executor is registered (``needed_by`` says which target asked)."""
+        name, where = self.configured(platform)
+        problem = self.problem(name)
+        if problem:
+            asked = f" (needed by {needed_by})" if needed_by else ""
+            raise ConfigError(f"{where}{asked}: {problem}")
+        return name
 
 
 def _import(name: str, where: str) -> Any:

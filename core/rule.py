@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from forge.core.actions import Action, SourceFile, make_action
 from forge.core.attrs import Attr
 from forge.core.errors import AnalysisError
 from forge.core.labels import Label
 from forge.core.platforms import Platform
+
+if TYPE_CHECKING:
+    from forge.core.registry import ExecutorSelection
 
 
 def sandbox_roots(workspace_root: str) -> tuple[str, ...]:
@@ -101,6 +104,7 @@ class AnalysisContext:
         default_platform: Platform,
         epoch: int = 0,
         reproducible: bool = False,
+        executors: ExecutorSelection | None = None,
     ):
         self.label = target.label
         self.epoch = epoch  # SOURCE_DATE_EPOCH of this build; enters keys via timestamps=True
@@ -111,6 +115,9 @@ class AnalysisContext:
         self.package_dir = target.package_dir
         self._target = target
         self._default_platform = default_platform
+        # the registered executors and the workspace's choice among them (None: a context
+        # made by hand, which checks no name and knows only the default)
+        self._executors = executors
         self.actions: list[Action] = []
         values: dict[str, Any] = {}
         for name, attr in target.rule.attrs.items():
@@ -128,6 +135,26 @@ class AnalysisContext:
         """The target's platform attribute, else the build's default platform."""
         value = getattr(self.attr, "platform", None)
         return value if isinstance(value, Platform) else self._default_platform
+
+    def select_executor(self, requested: str | None, platform: Platform | None) -> str:
+        """The name of the executor that runs this target's container work on ``platform``:
+        ``requested`` (the target's ``executor`` attribute) when given, else the
+        workspace's choice (``[build] platform_executors``, then ``[build] executor``).
+        Pass it as ``ctx.action(..., executor=name)``; the run function then calls
+        ``rc.executor(rc.action.executor)``.
+
+        An unregistered name is an error naming the registered ones: at this target's
+        BUILD line for ``requested``, at the WORKSPACE.toml line otherwise.
+        """
+        from forge.core.registry import ExecutorSelection
+
+        selection = self._executors or ExecutorSelection(None)
+        if requested is not None:
+            problem = selection.problem(requested)
+            if problem:
+                raise self.fail(f"executor = {requested!r}: {problem}")
+            return requested
+        return selection.resolve(platform, needed_by=str(self.label))
 
     # -- the sandbox ------------------------------------------------------------------
     # Every file a target reads is checked on its *resolved* path: it must lie inside the

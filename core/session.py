@@ -26,7 +26,12 @@ from forge.core.labels import Label, parse_pattern
 from forge.core.loading import Loader
 from forge.core.platforms import Platform, host_platform, parse_platform
 from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo
-from forge.core.registry import ExecutorRegistry, RuleRegistry, make_plugin_manager
+from forge.core.registry import (
+    ExecutorRegistry,
+    ExecutorSelection,
+    RuleRegistry,
+    make_plugin_manager,
+)
 from forge.core.report import NullReporter, Reporter
 from forge.core.rule import ConfiguredTarget
 from forge.core.workspace import Workspace, find_workspace_root, load_workspace
@@ -43,6 +48,7 @@ class TargetSummary:
     outputs: dict[str, str]
     path: str
     hermetic: bool
+    executor: str | None = None  # the executor of the target's default action (--load uses it)
 
 
 class Session:
@@ -93,6 +99,12 @@ class Session:
     def executor(self, name: str) -> Any:
         return self.executors.get(name, self.workspace)
 
+    @property
+    def executor_selection(self) -> ExecutorSelection:
+        """Which registered executor runs container work: the workspace's ``[build]
+        executor`` / ``platform_executors``, checked against the registered names."""
+        return ExecutorSelection(self.executors.names(), self.workspace)
+
     # -- platform ---------------------------------------------------------------------
     @property
     def default_platform(self) -> Platform:
@@ -122,7 +134,8 @@ class Session:
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
         analyzer = Analyzer(self.loader, self.default_platform, self.epoch,
-                            bool(self.workspace.section("build")["reproducible"]))
+                            bool(self.workspace.section("build")["reproducible"]),
+                            self.executor_selection)
         targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
         return targets, analyzer
 
@@ -212,7 +225,8 @@ class Session:
             platform = ",".join(str(p) for p in target[IndexInfo].platforms)
         hermetic = all(a.hermetic for a in target.actions)
         return TargetSummary(target.label, platform, status, seconds, digest, size, outputs,
-                             str(self.out_dir(target.label)), hermetic)
+                             str(self.out_dir(target.label)), hermetic,
+                             default.action.executor if default else None)
 
     def _materialize(self, target: ConfiguredTarget, outcomes: dict[Action, Outcome]) -> None:
         default = target.get(DefaultInfo)

@@ -5,7 +5,9 @@ the file, the key and the nearest valid key: a misspelt ``[remote_cahce]`` must 
 silently ignored. Every value is type-checked (elements of lists too) and a mistake names
 the file, the line, the key, what was expected and what was given. ``[plugins.<name>]``
 tables are free-form and handed to that plugin; ``[executors.<name>]`` likewise to the
-executor (their ``hosts`` tables, ``platform = "engine URL"``, are checked here).
+executor (their ``hosts`` tables, ``platform = "engine URL"``, are checked here). Which
+executor runs a platform's container work is ``[build] executor`` and
+``platform_executors``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import tomllib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forge.core.errors import ConfigError, ForgeError, did_you_mean
+
+if TYPE_CHECKING:
+    from forge.core.platforms import Platform
 
 WORKSPACE_FILE = "WORKSPACE.toml"
 OUT_DIR_NAME = "forge-out"  # at the workspace root; never globbed, never a package
 DEFAULT_GLOB_EXCLUDES: tuple[str, ...] = (".git",)
 MAX_TOML_NESTING = 100  # arrays and inline tables within each other (tomllib recurses)
+DEFAULT_EXECUTOR = "docker"  # [build] executor when WORKSPACE.toml names none
 
 # table -> {key: (type, default)}; a table mapped to None takes arbitrary sub-tables.
 # A type may be ``list[str]``: a list whose every element is a str.
@@ -38,6 +44,14 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]] | None] = {
         "keep_going": (bool, False),
         "glob_excludes": (list[str], list(DEFAULT_GLOB_EXCLUDES)),
         "reproducible": (bool, False),
+        # Which executor runs container work (Dockerfile steps): ``executor`` for every
+        # platform, ``platform_executors`` per platform, spelled as an inline table
+        # ``{arm64 = "podman"}`` (or a ``[build.platform_executors]`` table): a key of
+        # [build], so the schema checks it like any other, where a ``[build.executors]``
+        # sub-table would be a table of [build] the schema has no place for. A target's
+        # own ``executor`` attribute beats both (core/registry.py ExecutorSelection).
+        "executor": (str, DEFAULT_EXECUTOR),
+        "platform_executors": (dict, {}),
     },
     "cache": {"dir": (str, ""), "max_size": (str, "")},
     "remote_cache": {
@@ -83,6 +97,28 @@ class Workspace:
     @property
     def platforms(self) -> list[str]:
         return list(self.config["build"]["platforms"])
+
+    @functools.cached_property
+    def platform_executors(self) -> dict[Platform, tuple[str, str]]:
+        """``[build] platform_executors`` by normalized platform: (the key as written, the
+        executor name). Checked when the file was read, so this cannot fail."""
+        from forge.core.platforms import parse_platform
+
+        return {parse_platform(k): (k, v) for k, v in self.config["build"]["platform_executors"].items()}
+
+    def configured_executor(self, platform: Platform | None) -> tuple[str, str]:
+        """The executor this workspace chooses for ``platform`` (``[build]
+        platform_executors``, else ``[build] executor``) and, for messages, where that
+        choice is written (``/ws/WORKSPACE.toml:4: [build] executor = 'docker'``)."""
+        chosen = self.platform_executors.get(platform) if platform is not None else None
+        if chosen is not None:
+            text, name = chosen
+            return name, (f"{self.where('build', 'platform_executors', text)}: [build] "
+                          f"platform_executors {text} = {name!r}")
+        name = self.config["build"]["executor"]
+        if ("build", "executor") in self.lines:
+            return name, f"{self.where('build', 'executor')}: [build] executor = {name!r}"
+        return name, f"{self.where('build')}: [build] executor (default {name!r})"
 
     @property
     def external_roots(self) -> tuple[str, ...]:
@@ -340,6 +376,7 @@ def _check_values(config: dict[str, dict[str, Any]], at: Any) -> None:
         if not name or "/" in name or "\0" in name or name in (".", ".."):
             raise ConfigError(f"{at('build', 'glob_excludes')}: [build] glob_excludes[{i}] = "
                               f"{_short.repr(name)} should be a directory name (no '/', not '.' or '..')")
+    _check_executor_choices(build, at)
     if "\0" in config["cache"]["dir"]:
         raise ConfigError(f"{at('cache', 'dir')}: [cache] dir contains a NUL byte")
     for name, table in config["executors"].items():
@@ -361,6 +398,35 @@ def _check_values(config: dict[str, dict[str, Any]], at: Any) -> None:
             if not isinstance(url, str) or not url or "\0" in url:
                 raise ConfigError(f"{where}: [executors.{name}.hosts] {platform} should be an engine URL "
                                   f"string, got {_type_name(url)} {_short.repr(url)}")
+
+
+def _check_executor_choices(build: dict[str, Any], at: Any) -> None:
+    """``[build] executor`` is a name; ``platform_executors`` maps platforms (each named
+    once, in any spelling) to names. Whether a name is registered is only known once the
+    plugins are loaded: analysis checks it (core/registry.py ExecutorSelection)."""
+    from forge.core.platforms import parse_platform
+
+    if not _is_name(build["executor"]):
+        raise ConfigError(f"{at('build', 'executor')}: [build] executor should be an executor name "
+                          f"(e.g. \"docker\"), got {_short.repr(build['executor'])}")
+    seen: dict[Any, str] = {}
+    for text, name in build["platform_executors"].items():
+        where = at("build", "platform_executors", text)
+        try:
+            platform = parse_platform(text)
+        except ForgeError as exc:
+            raise ConfigError(f"{where}: [build] platform_executors: {exc}") from None
+        if platform in seen:
+            raise ConfigError(f"{where}: [build] platform_executors names {platform} twice "
+                              f"({seen[platform]!r} and {text!r})")
+        seen[platform] = text
+        if not isinstance(name, str) or not _is_name(name):
+            raise ConfigError(f"{where}: [build] platform_executors {text} should be an executor name "
+                              f"string (e.g. \"docker\"), got {_type_name(name)} {_short.repr(name)}")
+
+
+def _is_name(text: str) -> bool:
+    return bool(text) and text.strip() == text and "\0" not in text
 
 
 def _decode_error(path: Path, text: str, message: str) -> str:

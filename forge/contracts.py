@@ -34,7 +34,8 @@ class Executor(Protocol):
 
     One instance per forge process, made by the factory registered with
     ``forge_register_executors`` on first use, and shared by all worker threads: its
-    methods must be thread-safe. A run function gets it with ``rc.executor(name)``.
+    methods must be thread-safe. A run function gets the one chosen for its action with
+    ``rc.executor(rc.action.executor)``.
     """
 
     def build(self, rc: RunContext, *, package_dir: Path, base: Image | None) -> Image:

@@ -5,6 +5,10 @@ build args (args files included), the target stage, the platform, the network fl
 the base image's digest (through the base action's result). The base reaches the
 Dockerfile as the ``BASE_IMAGE`` build argument (the Atom convention), loaded into the
 engine from the CAS, so no registry sits between steps.
+
+The executor is chosen at analysis (``ctx.select_executor``: the target's ``executor``,
+else ``[build] platform_executors``, else ``[build] executor``) and travels as the
+action's ``executor``; like the engine, it is not in the key.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ from forge.rules.dockerfile_refs import check_image_references
 CHAIN_FILE = re.compile(r"^(\d+)-Dockerfile-(.+)$")
 _ARG_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
-DOCKERFILE_DOC = """One Dockerfile (optionally one stage of it) built on the docker executor.
+DOCKERFILE_DOC = """One Dockerfile (optionally one stage of it) built on an executor (docker by
+default; see `executor`).
 
 The context holds only `srcs` (a file not declared is invisible to COPY). `base` is passed
 as the BASE_IMAGE build argument. Network is off unless `network = True`, which marks
 the action non-hermetic.
 """
+
+# Shared by every rule that runs a container (dockerfile, dockerfile_chain, production).
+EXECUTOR_ATTR = attr.string(
+    default=None, doc="executor that runs the build (default: [build] platform_executors for "
+    "the platform, then [build] executor); not in the key",
+    example='executor = "podman"')
 
 DOCKERFILE_ATTRS = {
     "dockerfile": attr.string(default="Dockerfile", doc="package-relative Dockerfile path",
@@ -44,6 +55,7 @@ DOCKERFILE_ATTRS = {
     "reproducible": attr.boolean(default=None, doc="clamp the new layers' mtimes and the history "
                                  "to SOURCE_DATE_EPOCH (default: [build] reproducible)",
                                  example="reproducible = True"),
+    "executor": EXECUTOR_ATTR,
     "platform": attr.platform(),
 }
 
@@ -71,10 +83,11 @@ def parse_args_file(path: Path, display: str) -> dict[str, str]:
 def declare_build(
     ctx: forge.AnalysisContext, *, dockerfile: str, context: list[str], base: Any,
     build_args: dict[str, str], args_file: str | None, target: str | None, network: bool,
-    platform: forge.Platform, description: str, context_root: str = "",
+    platform: forge.Platform, description: str, executor: str, context_root: str = "",
     reproducible: bool = False,
 ) -> forge.Action:
-    """Declare one DockerBuild action (shared by both rules)."""
+    """Declare one DockerBuild action (shared by both rules) on the executor named
+    ``executor`` (from ``ctx.select_executor``)."""
     args = dict(build_args)
     if args_file:
         # Parsed here, so its values are params (in the key, and what the engine gets); the
@@ -102,7 +115,7 @@ def declare_build(
     return ctx.action(
         "DockerBuild", build_dockerfile,
         inputs=files, deps=[base_action] if base_action else [], platform=platform,
-        executor="docker", hermetic=not network,
+        executor=executor, hermetic=not network,
         timestamps=True,  # the result's config `created` is the build's epoch
         params={"dockerfile": dockerfile, "context": sorted(context), "build_args": args,
                 "target": target, "network": network, "context_root": context_root,
@@ -124,6 +137,7 @@ class Dockerfile(forge.Rule):
             ctx, dockerfile=a.dockerfile, context=list(a.srcs), base=a.base,
             build_args=a.build_args, args_file=a.args_file, target=a.target, network=a.network,
             platform=platform, description=a.dockerfile + (f" --target {a.target}" if a.target else ""),
+            executor=ctx.select_executor(a.executor, platform),
             reproducible=ctx.reproducible if a.reproducible is None else a.reproducible,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
@@ -146,6 +160,7 @@ CHAIN_ATTRS = {
     "network": attr.boolean(default=False, doc="allow network access in RUN (non-hermetic)"),
     "reproducible": attr.boolean(default=None, doc="clamp every step's new layers' mtimes and "
                                  "history to SOURCE_DATE_EPOCH (default: [build] reproducible)"),
+    "executor": EXECUTOR_ATTR,
     "platform": attr.platform(),
 }
 
@@ -188,6 +203,7 @@ class DockerfileChain(forge.Rule):
             f"{a.dir}/{p.relative_to(directory)}" for p in directory.rglob("*")
             if p.is_file() and not CHAIN_FILE.match(p.name) and not p.name.endswith("-args")
         ) + list(a.srcs)
+        executor = ctx.select_executor(a.executor, platform)
         previous: Any = a.base
         action = None
         for _number, descriptor, fname in steps:
@@ -196,7 +212,7 @@ class DockerfileChain(forge.Rule):
                 ctx, dockerfile=f"{a.dir}/{fname}", context=context, base=previous,
                 build_args=a.build_args, args_file=f"{a.dir}/{args_file}" if args_file else None,
                 target=None, network=a.network, platform=platform, description=fname,
-                context_root=a.dir.strip("/"),
+                executor=executor, context_root=a.dir.strip("/"),
                 reproducible=ctx.reproducible if a.reproducible is None else a.reproducible,
             )
             previous = action
@@ -204,8 +220,8 @@ class DockerfileChain(forge.Rule):
 
 
 def build_dockerfile(rc: forge.RunContext) -> forge.ActionResult:
-    """Run the build on the docker executor and bring the image back into the CAS."""
+    """Run the build on the action's executor and bring the image back into the CAS."""
     base = forge.dep_image(rc, rc.action.deps[0]) if rc.action.deps else None
-    engine = rc.executor("docker")
+    engine = rc.executor(rc.action.executor)
     image = engine.build(rc, package_dir=rc.source(), base=base)
     return forge.image_result(rc, image)

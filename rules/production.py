@@ -3,9 +3,9 @@
 Atom's production step was a Dockerfile: ``ADD`` the minimize tarball onto the production
 image, ``apt-get install $PRODUCTION_PACKAGES``, set the environment. Here the layer is
 appended by assembly (no container), so without packages the image is a pure function of
-its inputs with a reproducible digest; with packages, one ``apt-get install`` runs on the
-docker executor first, directly on the base (see ``Production.analyze`` for why it comes
-before the layer).
+its inputs with a reproducible digest; with packages, one ``apt-get install`` runs on an
+executor first (chosen as for a Dockerfile step: ``executor``, else the workspace's),
+directly on the base (see ``Production.analyze`` for why it comes before the layer).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import forge
 from forge import attr
+from forge.rules.dockerfile import EXECUTOR_ATTR
 from forge.rules.minimize import MinimizeInfo
 
 DOC = """A slim production image: `base` + (when `packages` is set) one apt-get install +
@@ -27,9 +28,9 @@ LD_LIBRARY_PATH that the loader does not search by itself (the production image'
 ld.so.cache does not list them), then the base's. `env` overrides any of it.
 
 Without `packages` nothing runs: the digest depends only on the inputs. With `packages`,
-the install runs on the docker executor with the network (so that step is non-hermetic);
-it is keyed on the base and the package list only, so a new application layer never
-re-runs apt-get.
+the install runs on an executor (docker by default; see `executor`) with the network (so
+that step is non-hermetic); it is keyed on the base and the package list only, so a new
+application layer never re-runs apt-get.
 """
 
 ATTRS = {
@@ -38,7 +39,7 @@ ATTRS = {
     "minimized": attr.label(doc="the minimize target whose layer goes on top",
                             example='minimized = ":app-min"'),
     "packages": attr.string_list(
-        default=[], doc="Debian packages installed with apt-get on the docker executor "
+        default=[], doc="Debian packages installed with apt-get on the executor "
                         "(network on, non-hermetic); name, name=version or name:arch",
         example='packages = ["libgomp1", "ca-certificates"]'),
     "env": attr.string_dict(default={}, doc="environment variables, over the defaults above",
@@ -49,6 +50,7 @@ ATTRS = {
     "workdir": attr.string(default=None, doc="working directory", example='workdir = "/srv"'),
     "labels": attr.string_dict(default={}, doc="config labels",
                                example='labels = {"org.opencontainers.image.version": "1.4"}'),
+    "executor": EXECUTOR_ATTR,
 }
 
 # Atom's production Dockerfile: the venv first, then /usr/local, over the base's PATH.
@@ -80,6 +82,8 @@ class Production(forge.Rule):
             if not _PACKAGE.match(package):
                 raise ctx.fail(f"packages[{i}] = {package!r} is not a Debian package name "
                                "(name, name=version or name:arch)")
+        # Checked whenever given, used only for the packages step (the rest runs nothing).
+        executor = ctx.select_executor(a.executor, platform) if a.packages or a.executor else None
         base_action = a.base[forge.ImageInfo].action
         history = [f"forge minimize {a.minimized.label}"]
         if a.packages:
@@ -89,8 +93,8 @@ class Production(forge.Rule):
             text = packages_dockerfile(a.packages)
             base_action = ctx.action(
                 "ProductionPackages", install_packages, deps=[base_action], platform=platform,
-                executor="docker", hermetic=False, timestamps=True,
-                # the keys DockerExecutor.build reads, plus the generated Dockerfile itself
+                executor=executor, hermetic=False, timestamps=True,
+                # the params forge.Executor.build reads, plus the generated Dockerfile itself
                 params={"dockerfile": "Dockerfile", "dockerfile_text": text, "context": [],
                         "build_args": {}, "target": None, "network": True, "context_root": "",
                         "packages": list(a.packages)},
@@ -127,12 +131,12 @@ def packages_dockerfile(packages: list[str]) -> str:
 
 
 def install_packages(rc: forge.RunContext) -> forge.ActionResult:
-    """Build the generated Dockerfile on the docker executor, from an otherwise empty
+    """Build the generated Dockerfile on the action's executor, from an otherwise empty
     context directory."""
     package_dir = rc.tempdir()
     (package_dir / "Dockerfile").write_text(rc.params["dockerfile_text"])
     base = forge.dep_image(rc, rc.action.deps[0])
-    image = rc.executor("docker").build(rc, package_dir=package_dir, base=base)
+    image = rc.executor(rc.action.executor).build(rc, package_dir=package_dir, base=base)
     return forge.image_result(rc, image)
 
 

@@ -31,6 +31,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -171,6 +172,33 @@ def layer_sizes(image: str, count: int) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    runs = [measure(args) for _ in range(args.runs)]
+    rows, forge_steps, created, content = runs[0]
+    if args.runs > 1:
+        rows = [(name, statistics.median(r[0][i][1] for r in runs), statistics.median(r[0][i][2] for r in runs))
+                for i, (name, _, _) in enumerate(rows)]
+    print(f"\nChain of {args.steps} Dockerfiles on a {content / 1e6:.0f} MB base of real files, "
+          f"+{args.step_mb} MB per step (classic builder, {docker_version()}), seconds"
+          + (f", median of {args.runs} runs" if args.runs > 1 else "") + ":\n")
+    print("| case | forge | docker loop | forge / docker |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, f, d in rows:
+        print(f"| {name} | {f:.2f} | {d:.2f} | {f / d:.2f}× |")
+    print("\nBytes forge moved per executed Dockerfile step (engine→CAS, CAS→engine) against the "
+          f"layers the step created (docker history of the last step: {created / 1e6:.1f} MB):\n")
+    print("| build | step | engine→CAS | CAS→engine | layers created | moved / created |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    per_step = created / 2
+    for event in forge_steps:
+        c = event.get("counters", {})
+        out_b, in_b = c.get("engine_to_cas_bytes", 0), c.get("cas_to_engine_bytes", 0)
+        print(f"| {event['key'][:8]} | {event['description']} ({event['seconds']:.2f} s) | {out_b / 1e6:.1f} MB | "
+              f"{in_b / 1e6:.1f} MB | {per_step / 1e6:.1f} MB | {out_b / per_step:.2f}× |")
+    if args.chain20:
+        chain20(args)
+
+
+def measure(args: argparse.Namespace) -> tuple[list, list, int, int]:
     run_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         tmp_path = Path(tmp)
@@ -192,24 +220,7 @@ def run(args: argparse.Namespace) -> None:
             created = layer_sizes(f"{docker.prefix}/{args.steps * 10:02d}-dockerfile-step{args.steps:02d}:latest", 2)
         finally:
             cleanup_engine((f"{docker.prefix}/", *forge_engine_tags(cache), "forge/app/chain:"))
-        print(f"\nChain of {args.steps} Dockerfiles on a {content / 1e6:.0f} MB base of real files, "
-              f"+{args.step_mb} MB per step (classic builder, {docker_version()}), seconds:\n")
-        print("| case | forge | docker loop | forge / docker |")
-        print("| --- | ---: | ---: | ---: |")
-        for name, f, d in rows:
-            print(f"| {name} | {f:.2f} | {d:.2f} | {f / d:.2f}× |")
-        print("\nBytes forge moved per executed Dockerfile step (engine→CAS, CAS→engine) against the "
-              f"layers the step created (docker history of the last step: {created / 1e6:.1f} MB):\n")
-        print("| build | step | engine→CAS | CAS→engine | layers created | moved / created |")
-        print("| --- | --- | ---: | ---: | ---: | ---: |")
-        per_step = created / 2
-        for event in forge.steps:
-            c = event.get("counters", {})
-            out_b, in_b = c.get("engine_to_cas_bytes", 0), c.get("cas_to_engine_bytes", 0)
-            print(f"| {event['key'][:8]} | {event['description']} ({event['seconds']:.2f} s) | {out_b / 1e6:.1f} MB | "
-                  f"{in_b / 1e6:.1f} MB | {per_step / 1e6:.1f} MB | {out_b / per_step:.2f}× |")
-    if args.chain20:
-        chain20(args)
+    return rows, forge.steps, created, content
 
 
 def chain20(args: argparse.Namespace) -> None:
@@ -243,6 +254,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--step-mb", type=int, default=20)
     parser.add_argument("--chain20", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="repeat, report the median of each case")
     run(parser.parse_args())
 
 

@@ -190,7 +190,6 @@ class Scheduler:
         self.cas = self.session.cas
         self.ac: ActionCache = self.session.action_cache
         self.digests: FileDigests = self.session.file_digests
-        self.reporter = self.session.reporter
         self.hooks = self.session.pm.hook
         self.remote_required = bool(self.session.options.get("remote_cache_required"))
         self.results: dict[Action, ActionResult] = {}
@@ -231,7 +230,7 @@ class Scheduler:
         retried: set[Action] = set()
         rekeyed: set[Action] = set()  # re-run once because their sources changed mid-run
         failed = False
-        self.reporter.build_started(len(graph))
+        self.hooks.forge_build_started(total=len(graph))
         pool = ThreadPoolExecutor(max_workers=max(1, self.jobs), thread_name_prefix="forge-action")
 
         def finish(outcome: Outcome) -> None:
@@ -241,7 +240,8 @@ class Scheduler:
                 self.manifests[action.id]["status"] = outcome.status
             if outcome.result is not None:
                 self.results[action] = outcome.result
-            self.reporter.action_finished(outcome)
+            self.hooks.forge_action_finished(action=action, result=outcome.result,
+                                             status=outcome.status, outcome=outcome)
             if action in rerun_for:  # a recovery re-run: wake only those waiting for it
                 for waiter in rerun_for.pop(action):
                     waiting[waiter] -= 1
@@ -283,7 +283,6 @@ class Scheduler:
                     hit = self.ac.lookup(key)
                     if hit is not None:
                         finish(Outcome(action, CACHED_LOCAL, key, hit))
-                        self.hooks.forge_action_finished(action=action, result=hit, status=CACHED_LOCAL)
                     else:
                         to_run.append((action, key))
                 while to_run and len(running) < max(1, self.jobs) and not (failed and not self.keep_going):
@@ -308,13 +307,13 @@ class Scheduler:
                             failed = True
                         else:  # run it once more, keyed on what the files hold now
                             rekeyed.add(action)
-                            self.reporter.warning(f"{action}: {exc} changed while it ran; "
+                            self.hooks.forge_warning(message=f"{action}: {exc} changed while it ran; "
                                                   "running it again on the new content")
                             ready.append(action)
                         continue
                     except _Retry as retry:
                         if retry.why:
-                            self.reporter.warning(f"{action}: {retry.why} {retry}; re-running them")
+                            self.hooks.forge_warning(message=f"{action}: {retry.why} {retry}; re-running them")
                         recover(action, retry.deps)
                         continue
                     if outcome.status == FAILED:
@@ -342,7 +341,6 @@ class Scheduler:
         if remote is not None:
             if action not in self._lazy:  # recorded locally once its blobs are here
                 remote = self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
-            self.hooks.forge_action_finished(action=action, result=remote, status=CACHED_REMOTE)
             return Outcome(action, CACHED_REMOTE, key, remote, time.monotonic() - start)
         lost = [dep for dep in action.deps if not self._fetch(dep)]
         if lost:  # their remote bytes are gone: run the producers here, then this action
@@ -352,11 +350,10 @@ class Scheduler:
 
         def log(line: str) -> None:
             lines.append(line)
-            self.reporter.action_log(action, line)
+            self.hooks.forge_action_log(action=action, line=line)
 
         ctx = RunContext(action, self.results, self.cas, self.session.executor, log,
-                         self.reporter.warning, self.cancelled)
-        self.reporter.action_started(action)
+                         self._warn, self.cancelled)
         self.hooks.forge_action_started(action=action)
         try:
             self._prepare_platform(action)
@@ -367,7 +364,6 @@ class Scheduler:
             if not isinstance(exc, ForgeError | KeyboardInterrupt):
                 lines.append(traceback.format_exc())
             self._write_log(log_path, lines)
-            self.hooks.forge_action_finished(action=action, result=None, status=FAILED)
             if corrupt:
                 raise _Retry(corrupt) from None
             return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path,
@@ -384,11 +380,10 @@ class Scheduler:
             result = result.with_log(log_blob.digest)
         held = self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
         if held.digest != result.digest:  # another forge sharing the cache recorded it first
-            self.reporter.action_log(action, f"another build recorded {key[:12]} first; using its result")
+            log(f"another build recorded {key[:12]} first; using its result")
             result = held
         else:
             self._remote_upload(action, key, result)
-        self.hooks.forge_action_finished(action=action, result=result, status=BUILT)
         return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path,
                        counters=dict(ctx.counters))
 
@@ -433,13 +428,16 @@ class Scheduler:
         if isinstance(state, BaseException):
             raise state
 
+    def _warn(self, message: str) -> None:
+        self.hooks.forge_warning(message=message)
+
     # -- remote cache ---------------------------------------------------------------
     def _warn_once(self, ident: str, message: str) -> None:
         with self._remote_lock:
             if ident in self._warned:
                 return
             self._warned.add(ident)
-        self.reporter.warning(message)
+        self._warn(message)
 
     def _degrade(self, backend: Any, exc: BaseException) -> None:
         """A transport failure: stop using the backend for this build (one warning), or,

@@ -14,12 +14,14 @@ import pluggy
 if TYPE_CHECKING:
     from forge.core.actions import Action, ActionResult
     from forge.core.doctor import Check
+    from forge.core.execution import Outcome
     from forge.core.platforms import Platform
     from forge.core.registry import ExecutorRegistry, RuleRegistry
-    from forge.core.session import Session
+    from forge.core.session import Session, TargetSummary
     from forge.core.workspace import Workspace
 
 hookspec = pluggy.HookspecMarker("forge")
+hookimpl = pluggy.HookimplMarker("forge")  # the same marker as ``forge.hookimpl``, for core
 
 # -- configure ------------------------------------------------------------------------
 
@@ -116,11 +118,25 @@ def forge_cli_commands() -> dict[str, Any] | None:
 
 
 # -- report ---------------------------------------------------------------------------
+# One event channel: the scheduler fires these and nothing else; the terminal, plain and
+# JSON reporters are plugins on them (``forge.core.report.ReporterPlugin``), pytest-style.
+# Each says which thread calls it: an implementation called from worker threads must be
+# thread-safe.
+
+
+@hookspec
+def forge_build_started(total: int) -> None:
+    """Called on the main thread when the scheduler starts walking the action graph.
+
+    :param total: the number of actions in the graph.
+    :returns: nothing.
+    """
 
 
 @hookspec
 def forge_action_started(action: Action) -> None:
-    """Called when an action starts executing (not for cache hits).
+    """Called from the worker thread that is about to execute ``action`` (not for cache
+    hits).
 
     :param action: the action.
     :returns: nothing.
@@ -128,11 +144,46 @@ def forge_action_started(action: Action) -> None:
 
 
 @hookspec
-def forge_action_finished(action: Action, result: ActionResult | None, status: str) -> None:
-    """Called when an action is done: built, cached-local, cached-remote or failed.
+def forge_action_log(action: Action, line: str) -> None:
+    """Called from the worker thread running ``action`` for each line of its log.
 
     :param action: the action.
-    :param result: its result (None when it failed).
-    :param status: one of ``built``, ``cached-local``, ``cached-remote``, ``failed``.
+    :param line: one line, without its newline.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def forge_action_finished(action: Action, result: ActionResult | None, status: str,
+                          outcome: Outcome) -> None:
+    """Called on the main thread when an action is done, once per action: built,
+    cached-local, cached-remote, failed or skipped (a recovery re-run reports again).
+
+    :param action: the action.
+    :param result: its result (None when it failed or was skipped).
+    :param status: ``built``, ``cached-local``, ``cached-remote``, ``failed`` or ``skipped``.
+    :param outcome: everything known about it (key, seconds, error, log path, counters).
+    :returns: nothing.
+    """
+
+
+@hookspec
+def forge_warning(message: str) -> None:
+    """Called (from any thread) for a warning the user must see, e.g. a remote cache
+    turned off for the build.
+
+    :param message: one line, never with credentials.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def forge_build_finished(summaries: list[TargetSummary], seconds: float, counts: dict[str, int]) -> None:
+    """Called on the main thread when a build is done, before anything is loaded or
+    pushed.
+
+    :param summaries: one per requested target.
+    :param seconds: the build's wall-clock time.
+    :param counts: actions per status.
     :returns: nothing.
     """

@@ -1,8 +1,9 @@
 """How a build shows itself: live progress on a terminal, plain lines in CI, JSON Lines
 for machines, and the summary table at the end.
 
-Reporters receive events from the scheduler (possibly from worker threads) and must be
-cheap: a null build of thousands of actions goes through ``action_finished`` for each.
+Reporters are plugins on the report hooks (``ReporterPlugin``; the scheduler fires only
+those, some from worker threads) and must be cheap: a null build of thousands of actions
+goes through ``action_finished`` for each.
 ``rich`` is imported only by the live reporter.
 """
 
@@ -13,6 +14,8 @@ import sys
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
+
+from forge.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from forge.core.actions import Action
@@ -42,6 +45,39 @@ class Reporter:
 
 
 NullReporter = Reporter
+
+
+class ReporterPlugin:
+    """A reporter as a plugin on the report hooks (core/hookspecs.py): the only way the
+    scheduler tells anyone what happens. Registered by the session."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    @hookimpl
+    def forge_build_started(self, total: int) -> None:
+        self.reporter.build_started(total)
+
+    @hookimpl
+    def forge_action_started(self, action: Action) -> None:
+        self.reporter.action_started(action)
+
+    @hookimpl
+    def forge_action_log(self, action: Action, line: str) -> None:
+        self.reporter.action_log(action, line)
+
+    @hookimpl
+    def forge_action_finished(self, outcome: Outcome) -> None:
+        self.reporter.action_finished(outcome)
+
+    @hookimpl
+    def forge_warning(self, message: str) -> None:
+        self.reporter.warning(message)
+
+    @hookimpl
+    def forge_build_finished(self, summaries: list[TargetSummary], seconds: float,
+                             counts: dict[str, int]) -> None:
+        self.reporter.build_finished(summaries, seconds, counts)
 
 
 def summary_json(summaries: list[TargetSummary], seconds: float, counts: dict[str, int]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from forge.core.registry import (
     RuleRegistry,
     make_plugin_manager,
 )
-from forge.core.report import NullReporter, Reporter
+from forge.core.report import NullReporter, Reporter, ReporterPlugin
 from forge.core.rule import ConfiguredTarget
 from forge.core.workspace import Workspace, find_workspace_root, load_workspace
 
@@ -67,6 +67,8 @@ class Session:
         self.pm.hook.forge_register_executors.call_historic(kwargs={"registry": self.executors})
         configure_plugins(self.pm, self.workspace)
         self.reporter = reporter or NullReporter()
+        # the reporter is a plugin on the report hooks, the one channel builds speak on
+        self.pm.register(ReporterPlugin(self.reporter), name="forge-reporter")
         self.loader = Loader(self.workspace.root, self.rules, self.workspace.glob_excludes)
         self._cas: CAS | None = None
         self._ac: ActionCache | None = None

@@ -153,7 +153,8 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
     counts: dict[str, int] = {}
     for o in outcomes.values():
         counts[o.status] = counts.get(o.status, 0) + 1
-    reporter.build_finished(summaries, time.monotonic() - start, counts)
+    session.pm.hook.forge_build_finished(summaries=summaries, seconds=time.monotonic() - start,
+                                         counts=counts)
     raise_for_failures(outcomes)
     if load:
         from forge.core.errors import UsageError

@@ -32,10 +32,12 @@ from forge.core.errors import (
     ActionFailed,
     CacheError,
     ForgeError,
+    PlatformError,
     RemoteCacheError,
     RemoteEntryInvalid,
 )
 from forge.core.fsutil import write_atomic
+from forge.core.platforms import host_platform
 
 if TYPE_CHECKING:
     from forge.core.session import Session
@@ -417,16 +419,29 @@ class Scheduler:
         with self._platform_lock:
             if ident not in self._prepared:
                 try:
-                    how = self.hooks.forge_prepare_platform(
-                        platform=action.platform, executor=action.executor,
-                        workspace=self.session.workspace,
-                    )
-                    self._prepared[ident] = how or "native"
+                    self._prepared[ident] = self._platform_ready(action)
                 except BaseException as exc:
                     self._prepared[ident] = exc
             state = self._prepared[ident]
         if isinstance(state, BaseException):
             raise state
+
+    def _platform_ready(self, action: Action) -> str:
+        """How ``action.platform`` runs for its executor: the first plugin that can make it
+        runnable says how; the host's own platform needs none; else PlatformError with
+        every reason the plugins give."""
+        ask = {"platform": action.platform, "executor": action.executor,
+               "workspace": self.session.workspace}
+        how = self.hooks.forge_prepare_platform(**ask)
+        if how is not None:
+            return how
+        if action.platform == host_platform():
+            return "native"
+        reasons = [r for r in self.hooks.forge_platform_unavailable(**ask) if r]
+        raise PlatformError("; ".join(reasons) or (
+            f"nothing can run {action.platform} actions on this {host_platform()} host for "
+            f"executor {action.executor!r}: no plugin prepared it (is the qemu plugin loaded, "
+            "or a native engine configured?)"))
 
     def _warn(self, message: str) -> None:
         self.hooks.forge_warning(message=message)

@@ -67,17 +67,29 @@ def forge_register_executors(registry: ExecutorRegistry) -> None:
 
 @hookspec(firstresult=True)
 def forge_prepare_platform(platform: Platform, executor: str, workspace: Workspace) -> str | None:
-    """Called before the first action that must *execute* on ``platform`` runs.
+    """Called on a worker thread before the first action that must *execute* on
+    ``platform`` runs (once per platform and executor in a build).
 
-    A plugin that can make the platform runnable (QEMU binfmt, a native remote engine)
-    does so and returns a one-line description of how; when the platform cannot be made
-    runnable it raises ``forge.PlatformError`` with the exact fix.
-    Stops at the first non-None result. No result at all means "native".
+    A plugin that can make the platform runnable for ``executor`` (it runs natively, QEMU
+    binfmt, a native remote engine) does so and returns a one-line description of how;
+    one that cannot returns None, so the next implementation may offer itself. The
+    first description wins. When none answers, the action fails with the reasons
+    ``forge_platform_unavailable`` gives (a platform equal to the host's runs natively
+    without any plugin).
 
     :param platform: the normalized target platform.
     :param executor: the executor name that will run the action (e.g. ``docker``).
     :param workspace: the loaded workspace.
-    :returns: a description, or None when this plugin has nothing to do for it.
+    :returns: how the platform runs (``native``, ``QEMU emulation (…)``), or None.
+    """
+
+
+@hookspec
+def forge_platform_unavailable(platform: Platform, executor: str, workspace: Workspace) -> str | None:
+    """Called on a worker thread when no ``forge_prepare_platform`` implementation could
+    make ``platform`` runnable: a plugin that knows why says so.
+
+    :returns: one line with the exact fix (e.g. the ``update-binfmts`` command), or None.
     """
 
 

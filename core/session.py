@@ -247,21 +247,41 @@ class Session:
 
 
 def configure_plugins(pm: Any, workspace: Workspace) -> None:
-    """Call each plugin's ``forge_configure`` with its own ``[plugins.<name>]`` table.
+    """Call each plugin's ``forge_configure`` with its own ``[plugins.<name>]`` table,
+    through pluggy (hookwrappers and tracing apply), one plugin at a time.
 
-    A plugin's short name is its module's last component (``forge.plugins.docker`` ->
-    ``docker``) or its entry-point name; a table naming no loaded plugin is an error.
+    A table names a plugin by its registered name (``[plugins."acme.docker"]``) or, when
+    no other loaded plugin shares it, by that name's last component (``[plugins.qemu]``
+    for ``forge.plugins.qemu``); a table naming no loaded plugin, or a short name two
+    plugins share, is an error at its WORKSPACE.toml line.
     """
     from forge.core.errors import ConfigError, did_you_mean
 
-    names = {name: name.rsplit(".", 1)[-1] for name, _ in pm.list_name_plugin()}
-    for table in workspace.plugin_tables:
-        if table not in names.values():
-            raise ConfigError(
-                f"{workspace.where('plugins', table)}: [plugins.{table}] names no loaded plugin"
-                f"{did_you_mean(table, names.values())}; loaded: {', '.join(sorted(names.values()))}"
-            )
-    for impl in pm.hook.forge_configure.get_hookimpls():
-        config = workspace.plugin_tables.get(names.get(impl.plugin_name, ""), {})
-        kwargs = {"workspace": workspace, "config": config}
-        impl.function(**{k: kwargs[k] for k in impl.argnames})
+    plugins = dict(pm.list_name_plugin())
+    short: dict[str, list[str]] = {}
+    for name in plugins:
+        short.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+    tables: dict[str, dict[str, Any]] = {}
+    for table, config in workspace.plugin_tables.items():
+        if table in plugins:
+            full = table
+        elif len(short.get(table, [])) == 1:
+            full = short[table][0]
+        elif table in short:
+            raise ConfigError(f"{workspace.where('plugins', table)}: [plugins.{table}] is ambiguous: "
+                              f"{', '.join(sorted(short[table]))} are loaded; name one in full, "
+                              f'e.g. [plugins."{sorted(short[table])[0]}"]')
+        else:
+            names = sorted({*short, *plugins})
+            raise ConfigError(f"{workspace.where('plugins', table)}: [plugins.{table}] names no loaded "
+                              f"plugin{did_you_mean(table, names)}; loaded: {', '.join(sorted(short))}")
+        tables[full] = config
+    impls = pm.hook.forge_configure.get_hookimpls()
+    wrapping = {i.plugin_name for i in impls if i.hookwrapper or getattr(i, "wrapper", False)}
+    for impl in impls:
+        if impl.plugin_name in wrapping:
+            continue
+        # this plugin's implementation alone, inside every wrapper
+        others = [i.plugin for i in impls if i.plugin_name not in (impl.plugin_name, *wrapping)]
+        call = pm.subset_hook_caller("forge_configure", remove_plugins=others)
+        call(workspace=workspace, config=tables.get(impl.plugin_name, {}))

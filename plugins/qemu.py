@@ -121,12 +121,28 @@ def forge_configure(workspace: Any, config: dict[str, Any]) -> None:
 
 @forge.hookimpl
 def forge_prepare_platform(platform: forge.Platform, executor: str, workspace: Any) -> str | None:
+    """native, a native engine of the workspace, or QEMU binfmt emulation (registered
+    when it can be); None when emulation is not available (the reason is given by
+    forge_platform_unavailable)."""
     if runs_natively(platform):
-        return None
+        return "native"
     hosts = workspace.section("executors").get(executor, {}).get("hosts", {})
     if any(forge.parse_platform(k) == platform for k in hosts):
         return f"native {platform} engine"
-    return f"QEMU emulation ({ensure_emulation(platform).detail})"
+    try:
+        return f"QEMU emulation ({ensure_emulation(platform).detail})"
+    except forge.PlatformError:
+        return None
+
+
+@forge.hookimpl
+def forge_platform_unavailable(platform: forge.Platform, executor: str, workspace: Any) -> str | None:
+    """Why emulation of ``platform`` is not available, with the exact fix."""
+    try:
+        ensure_emulation(platform)
+    except forge.PlatformError as exc:
+        return str(exc)
+    return None
 
 
 @forge.hookimpl

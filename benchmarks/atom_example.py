@@ -2,8 +2,8 @@
 
     python benchmarks/atom_example.py [--platforms amd64,aarch64] [--flavors stock,graphics]
 
-For each platform, the same Dockerfiles (examples/atom/<flavor>/NN-Dockerfile-*) are built
-three times by each tool:
+For each platform, the same Dockerfiles (examples/atom/atom/<flavor>/NN-Dockerfile-*, the
+Atom example's workspace) are built three times by each tool:
 
 - **cold**: nothing built yet (forge: an empty cache; Atom way: ``docker build --no-cache``);
 - **warm no-op**: the same build again, nothing changed;
@@ -16,7 +16,7 @@ three times by each tool:
   with an empty local cache: a fresh CI machine sharing the remote cache. The Atom way
   has no remote cache, so its column repeats its cold build.
 
-"forge" is ``forge build //examples/atom:<last flavor>-<platform>`` with its own cache;
+"forge" is ``forge build //atom:<last flavor>-<platform>`` with its own cache;
 "Atom way" is Atom's build.sh loop (see ``ATOM_BUILD_SH``): ``docker build`` per file,
 ``--build-arg BASE_IMAGE=<previous image>``, each ``<descriptor>-<platform>-args`` line
 as a ``--build-arg``, Docker's layer cache (classic builder, the same engine). Both start
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-EDITED = "graphics/20-Dockerfile-display"
+EXAMPLE = REPO / "examples/atom"  # the Atom example: a workspace of its own, package //atom
+EDITED = "graphics/20-Dockerfile-display"  # in the atom package
 DOCKER_PLATFORM = {"amd64": "linux/amd64", "aarch64": "linux/arm64"}
 REGISTRY = os.environ.get("FORGE_BENCH_REGISTRY", "127.0.0.1:5000")  # scripts/services.sh
 
@@ -77,7 +78,7 @@ docker tag "$prev" "$tag"
 """
 
 BENCH_BUILD = """\
-load("//examples/atom:defs.star", "atom_image")
+load("//atom:defs.star", "atom_image")
 
 # The example's debootstrap output, imported, relabelled with this run's id.
 {bases}
@@ -117,26 +118,26 @@ class Bench:
         self.flavors = flavors
         self.run_id = uuid.uuid4().hex[:10]
         self.workdir = workdir
-        self.ws = workdir / "ws"
+        self.ws = workdir / "ws"  # a copy of the Atom example's workspace
         self.cache = workdir / "forge-cache"
-        self.atom_dir = self.ws / "examples/atom"
+        self.atom_dir = self.ws / "atom"  # its atom package
         self.setup_times: dict[str, float] = {}
         self.restore_ratio: dict[str, float] = {}
 
     # -- setup ------------------------------------------------------------------------
     def build_bases(self) -> None:
-        """The debootstrap bases, in the repository workspace with the user's cache."""
+        """The debootstrap bases, in the Atom example's workspace with the user's cache."""
         for p in self.platforms:
-            self.setup_times[p] = run(["forge", "build", f"//examples/atom:base-{p}"], cwd=REPO)
+            self.setup_times[p] = run(["forge", "build", f"//atom:base-{p}"], cwd=EXAMPLE)
 
     def write_workspace(self) -> None:
         self.ws.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "WORKSPACE.toml", self.ws / "WORKSPACE.toml")
-        shutil.copytree(REPO / "examples/atom", self.atom_dir,
+        shutil.copy(EXAMPLE / "WORKSPACE.toml", self.ws / "WORKSPACE.toml")
+        shutil.copytree(EXAMPLE / "atom", self.atom_dir,
                         ignore=shutil.ignore_patterns("BUILD", "forge-out"))
         bases, images = [], []
         for p in self.platforms:
-            shutil.copytree(REPO / f"forge-out/examples/atom/base-{p}", self.atom_dir / f"bases/{p}")
+            shutil.copytree(EXAMPLE / f"forge-out/atom/base-{p}", self.atom_dir / f"bases/{p}")
             bases.append(
                 f'oci_import(name = "debootstrap-{p}", src = "bases/{p}", platform = "{p}")\n'
                 f'image(name = "base-{p}", base = ":debootstrap-{p}", platform = "{p}",\n'
@@ -152,7 +153,7 @@ class Bench:
 
         start = time.perf_counter()
         done = subprocess.run(
-            ["forge", "build", "--json", f"//examples/atom:{self.flavors[-1]}-{platform}", *extra],
+            ["forge", "build", "--json", f"//atom:{self.flavors[-1]}-{platform}", *extra],
             cwd=self.ws, env={**os.environ, "FORGE_CACHE": str(self.cache)},
             capture_output=True, text=True)
         elapsed = time.perf_counter() - start
@@ -164,7 +165,7 @@ class Bench:
 
     def load_base(self, platform: str) -> str:
         tag = f"forge-bench/atom-base-{platform}:{self.run_id}"
-        run(["forge", "build", f"//examples/atom:base-{platform}", "--load", "--tag", tag],
+        run(["forge", "build", f"//atom:base-{platform}", "--load", "--tag", tag],
             cwd=self.ws, env={"FORGE_CACHE": str(self.cache)})
         return tag
 
@@ -219,7 +220,7 @@ class Bench:
         """A fresh CI machine with the remote cache: every result pushed to a cache
         repository of this run (``forge cache push``), the run's images removed from the
         engine, then the last flavor built with an empty local cache."""
-        target = f"//examples/atom:{self.flavors[-1]}-{platform}"
+        target = f"//atom:{self.flavors[-1]}-{platform}"
         url = f"{REGISTRY}/forge-bench/atom-{self.run_id}"
         run(["forge", "cache", "push", target, "--remote-cache", url], cwd=self.ws,
             env={"FORGE_CACHE": str(self.cache)})

@@ -56,14 +56,19 @@ class ActionCache:
             os.utime(path)  # recency for `forge cache gc`, which evicts whole results
         return result
 
-    def record(self, key: str, result: ActionResult, info: dict[str, Any] | None = None) -> ActionResult:
+    def record(self, key: str, result: ActionResult, info: dict[str, Any] | None = None, *,
+               replace: bool = False) -> ActionResult:
         """Record ``result`` under ``key`` unless a valid entry is there: the first writer
         wins (two forge processes sharing a cache that ran one action at once), and the
         result the cache holds afterwards is returned, so that every process keys the
-        dependents on that one. An entry that no longer verifies is replaced."""
+        dependents on that one. An entry that no longer verifies is replaced; ``replace``
+        (``--no-cache``: the user asked for this run's result) replaces any entry."""
         entry = canonical_json({"key": key, "result": result.to_json(), "info": info or {},
                                 "time": int(time.time())})
         path = self._path(key)
+        if replace:
+            write_atomic(path, entry)
+            return result
         for _ in range(3):
             try:
                 write_atomic(path, entry, exclusive=True)

@@ -26,6 +26,7 @@ from forge.core.providers import DefaultInfo
 from forge.core.rule import AnalysisContext, ConfiguredTarget, TargetDef
 
 if TYPE_CHECKING:
+    from forge.core.overrides import Override
     from forge.core.registry import ExecutorSelection
 
 _LOCATED_RE = re.compile(r"^(?!//)[^\s:]+:\d+\b")  # "file:line" at the start of a message
@@ -41,12 +42,15 @@ class _Frame:
 
 class Analyzer:
     def __init__(self, loader: Loader, default_platform: Platform, epoch: int = 0,
-                 reproducible: bool = False, executors: ExecutorSelection | None = None):
+                 reproducible: bool = False, executors: ExecutorSelection | None = None,
+                 overrides: list[Override] | None = None):
         self.loader = loader
         self.default_platform = default_platform
         self.epoch = epoch
         self.reproducible = reproducible
         self.executors = executors  # which executor a target's container work runs on
+        self.overrides = list(overrides or [])  # --set / --build-arg, applied before analysis
+        self.seen: list[TargetDef] = []  # every target read, for check_used
         self.configured: dict[Label, ConfiguredTarget] = {}
         self._stack: list[Label] = []
 
@@ -59,6 +63,11 @@ class Analyzer:
         frames: list[_Frame] = []
 
         def push(lbl: Label, target: TargetDef) -> None:
+            if self.overrides:
+                from forge.core.overrides import apply
+
+                self.seen.append(target)
+                target = apply(target, self.overrides)
             self._stack.append(lbl)
             frames.append(_Frame(lbl, target, target.deps()))
 

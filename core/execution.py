@@ -58,6 +58,10 @@ class Outcome:
     error: str = ""
     log_path: Path | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    # small facts about where/how it ran (rc.note: the docker executor's "engine"),
+    # reported with the action (--json: top-level keys), never in its result or key
+    notes: dict[str, str] = field(default_factory=dict)
+    started: float | None = None  # wall-clock time the worker took it (--json "started")
 
 
 class RunContext:
@@ -82,6 +86,7 @@ class RunContext:
         self._warn = warn
         self._tempdirs: list[Path] = []
         self.counters: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
         self._count_lock = threading.Lock()
 
     def count(self, name: str, n: int) -> None:
@@ -89,6 +94,13 @@ class RunContext:
         the action (``--json``: ``counters``), never part of its result or key."""
         with self._count_lock:
             self.counters[name] = self.counters.get(name, 0) + int(n)
+
+    def note(self, name: str, value: str) -> None:
+        """A fact about this run (e.g. ``engine``: the engine that ran it): reported with
+        the action (``--json``: a top-level key of its event), never part of its result
+        or key. A later note of the same name replaces the earlier one."""
+        with self._count_lock:
+            self.notes[name] = str(value)
 
     @property
     def epoch(self) -> int:
@@ -185,6 +197,9 @@ class Scheduler:
     # targets' outputs, Bazel's --remote_download_toplevel); every other remote hit
     # brings its result record only, and its blobs when an action is about to read them.
     toplevel: frozenset[Action] = frozenset()
+    # --no-cache: these actions run whatever the caches hold, and their results replace
+    # the entries under their keys
+    no_cache: frozenset[Action] = frozenset()
     outcomes: dict[Action, Outcome] = field(default_factory=dict)
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -282,7 +297,7 @@ class Scheduler:
                         finish(Outcome(action, FAILED, error=str(exc)))
                         failed = True
                         continue
-                    hit = self.ac.lookup(key)
+                    hit = None if action in self.no_cache else self.ac.lookup(key)
                     if hit is not None:
                         finish(Outcome(action, CACHED_LOCAL, key, hit))
                     else:
@@ -339,11 +354,12 @@ class Scheduler:
     # -- one action, in a worker ----------------------------------------------------
     def _execute(self, action: Action, key: str, may_retry: bool = True) -> Outcome:
         start = time.monotonic()
-        remote = self._remote_lookup(action, key)
+        started = time.time()
+        remote = None if action in self.no_cache else self._remote_lookup(action, key)
         if remote is not None:
             if action not in self._lazy:  # recorded locally once its blobs are here
                 remote = self.ac.record(key, remote, {"label": str(action.label), "mnemonic": action.mnemonic})
-            return Outcome(action, CACHED_REMOTE, key, remote, time.monotonic() - start)
+            return Outcome(action, CACHED_REMOTE, key, remote, time.monotonic() - start, started=started)
         lost = [dep for dep in action.deps if not self._fetch(dep)]
         if lost:  # their remote bytes are gone: run the producers here, then this action
             raise _Retry(lost, why=None)  # _fetch warned
@@ -369,7 +385,7 @@ class Scheduler:
             if corrupt:
                 raise _Retry(corrupt) from None
             return Outcome(action, FAILED, key, None, time.monotonic() - start, message, log_path,
-                           dict(ctx.counters))
+                           dict(ctx.counters), dict(ctx.notes), started)
         finally:
             ctx.cleanup()
         changed = self._changed_inputs(action)
@@ -380,14 +396,15 @@ class Scheduler:
         if lines:
             log_blob = self.cas.put_bytes(("\n".join(lines) + "\n").encode())
             result = result.with_log(log_blob.digest)
-        held = self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic})
+        held = self.ac.record(key, result, {"label": str(action.label), "mnemonic": action.mnemonic},
+                              replace=action in self.no_cache)
         if held.digest != result.digest:  # another forge sharing the cache recorded it first
             log(f"another build recorded {key[:12]} first; using its result")
             result = held
         else:
             self._remote_upload(action, key, result)
         return Outcome(action, BUILT, key, result, time.monotonic() - start, log_path=log_path,
-                       counters=dict(ctx.counters))
+                       counters=dict(ctx.counters), notes=dict(ctx.notes), started=started)
 
     def _changed_inputs(self, action: Action) -> list[str]:
         """Inputs whose content is no longer what the key hashed (checked after the run,

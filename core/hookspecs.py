@@ -12,11 +12,17 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from forge.core.actions import Action, ActionResult
+    from forge.core.attach import AttachContext
     from forge.core.doctor import Check
     from forge.core.execution import Outcome
+    from forge.core.labels import Label
+    from forge.core.oci.delta import DeltaCodecRegistry
     from forge.core.platforms import Platform
     from forge.core.registry import ExecutorRegistry, RuleRegistry
+    from forge.core.rule import ConfiguredTarget
     from forge.core.session import Session, TargetSummary
     from forge.core.workspace import Workspace
 
@@ -49,6 +55,23 @@ def forge_register_rules(registry: RuleRegistry) -> None:
 
     :param registry: call ``registry.add(RuleClass)``; a duplicate name is refused.
     :returns: nothing.
+    """
+
+
+# -- analysis -------------------------------------------------------------------------
+
+
+@hookspec
+def forge_attach_actions(target: ConfiguredTarget, ctx: AttachContext) -> list[Action] | None:
+    """Called after analysis for each requested target, so a plugin can build more with
+    it (the supply chain plugin's SBOM and provenance of an image).
+
+    :param target: the analyzed target (``target[forge.ImageInfo]``, ``target.actions``).
+    :param ctx: the build's analysis (``ctx.dependencies(target)``, ``ctx.workspace``,
+        ``ctx.options``, ``ctx.memo``) and ``ctx.action(target, mnemonic, run, ...)``,
+        which declares an action of the target as ``AnalysisContext.action`` does.
+    :returns: the actions to build with the target (they join its actions, so they are
+        requested: cached, keyed and reported like its own), or None.
     """
 
 
@@ -93,6 +116,19 @@ def forge_platform_unavailable(platform: Platform, executor: str, workspace: Wor
     """
 
 
+@hookspec(historic=True)
+def forge_register_delta_codecs(registry: DeltaCodecRegistry) -> None:
+    """Called when delta codecs are first needed (analysis of an ``image_delta`` target,
+    ``forge delta``, ``forge apply-delta``) so the plugin can add codecs.
+
+    :param registry: call ``registry.add(codec)``; a codec (``forge.oci.DeltaCodec``) has
+        a ``name`` (what ``image_delta(codec = ...)`` says), the ``media_type`` of its delta
+        blobs, ``fingerprint(level)`` (enters the delta action's key), ``make(sources,
+        target, out, level)`` and ``apply(prefix, delta, out)``; a duplicate name is refused.
+    :returns: nothing.
+    """
+
+
 # -- cache ----------------------------------------------------------------------------
 
 
@@ -105,6 +141,37 @@ def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[A
         ``required``, ``insecure``.
     :returns: a list of ``forge.RemoteCache`` backends (``lookup``, ``upload``, ``ping``,
         ``describe``, ``writable``), or None.
+    """
+
+
+# -- materialize and publish ------------------------------------------------------------
+
+
+@hookspec
+def forge_target_materialized(session: Session, label: Label, results: dict[Action, ActionResult],
+                              dest: Path) -> None:
+    """Called after a requested target was written to forge-out (its image layout).
+
+    :param session: the session (workspace, options, CAS).
+    :param label: the target.
+    :param results: the results of the target's actions, attached ones included.
+    :param dest: its forge-out directory.
+    :returns: nothing.
+    """
+
+
+@hookspec
+def forge_target_pushed(session: Session, label: Label, results: dict[Action, ActionResult],
+                        client: Any, repository: str, digest: str) -> None:
+    """Called by ``forge push`` after the target's image or index is in the registry.
+
+    :param session: the session.
+    :param label: the target pushed.
+    :param results: the results of the target's actions, attached ones included.
+    :param client: the ``forge.oci.RegistryClient`` of the registry pushed to.
+    :param repository: the repository in it.
+    :param digest: the manifest (or index) digest pushed.
+    :returns: nothing.
     """
 
 

@@ -57,12 +57,19 @@ def rules_markdown(registry: RuleRegistry) -> str:
     return "\n".join(out)
 
 
+def action_name(action: Action) -> str:
+    """How explain names an action: its id, and what it is when the rule says (the
+    Dockerfile of a chain step), since an index alone (DockerBuild.2) names no file."""
+    return f"{action.id} ({action.description})" if action.description else action.id
+
+
 def explain_target(session: Session, text: str) -> Iterator[str]:
     """For each action of the target and its dependencies: up to date, or what changed.
 
     Nothing runs: a walk in topological order keys each action with the scheduler's own
     ``compute_key``, its dependencies' results read from the action cache by their keys.
-    An action whose dependency is not cached would rebuild, and so is not keyed."""
+    An action whose dependency is not cached would rebuild, and so is not keyed. The
+    status of each action's last build (keys.json) tells a failed run from a lost result."""
     from forge.core.execution import shown_manifest
 
     targets, _ = session.analyze([text])
@@ -72,7 +79,7 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
     unknown: set[Action] = set()
     for action in nx.lexicographical_topological_sort(graph, key=lambda a: a.id):
         flag = "" if action.hermetic else "  [non-hermetic: uses the network]"
-        head = f"{action.id}{flag}"
+        head = f"{action_name(action)}{flag}"
         if any(d in unknown for d in action.deps):
             unknown.add(action)
             yield f"{head}: would rebuild (a dependency would rebuild)"
@@ -80,7 +87,7 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
         keyed = compute_key(action, session.file_digests, results)
         key, manifest = keyed.key, shown_manifest(keyed.manifest)
         old = previous.get(action.id)
-        dep_names = [d.id for d in action.deps]
+        dep_names = [action_name(d) for d in action.deps]
         hit = session.action_cache.lookup(key)
         if hit is not None:
             results[action] = hit
@@ -93,7 +100,14 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
             continue
         unknown.add(action)
         reasons = diff_manifests(old["manifest"] if old else None, manifest, dep_names)
-        if old and old.get("key") == key:
+        if old and old.get("status") == "failed":  # it ran and failed: nothing was recorded
+            log = session.log_path(action)
+            where = f" (log: {log})" if log.exists() else ""
+            if old.get("key") == key:
+                reasons = [f"the last build of it failed{where}; nothing was recorded"]
+            else:
+                reasons = [*reasons, f"its last build, before these changes, failed{where}"]
+        elif old and old.get("key") == key:
             reasons = ["its result is no longer in the cache (gc, clean or a corrupt blob)"]
         yield f"{head}: would rebuild because:"
         yield from (f"    - {r}" for r in reasons or ["no previous record to compare"])

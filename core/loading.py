@@ -28,6 +28,12 @@ symlink and never read through. Symlinks to files and dangling links are entries
 A package is listed once per build, on its first ``glob()``. Package discovery
 (``//...``) skips hidden directories, ``forge-out`` and the ``glob_excludes`` names,
 and does not follow symlinks.
+
+Nested workspaces: a directory below the root that holds its own ``WORKSPACE.toml`` is
+another workspace (as a nested WORKSPACE is another repository in Bazel). ``//...``
+does not enter it, a glob does not list it, and a label or ``load()`` of a package in it
+is an error that names the workspace and the label there (``cd examples/atom && forge
+build //atom:...``); its BUILD files mean what they say only from its own root.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from forge.core.errors import BuildFileError, ForgeError, LabelError, did_you_me
 from forge.core.labels import MAX_COMPONENT_BYTES, MAX_PATH_BYTES, Label, Pattern, parse_label
 from forge.core.registry import RuleRegistry
 from forge.core.rule import TargetDef
-from forge.core.workspace import DEFAULT_GLOB_EXCLUDES, OUT_DIR_NAME
+from forge.core.workspace import DEFAULT_GLOB_EXCLUDES, OUT_DIR_NAME, WORKSPACE_FILE
 
 BUILD_NAMES = ("BUILD", "BUILD.bazel")
 T = TypeVar("T")
@@ -99,6 +105,7 @@ class Loader:
             glob_excludes = _configured_glob_excludes(root)
         self.glob_excludes = frozenset(glob_excludes)
         self.packages: dict[str, Package] = {}
+        self.nested_workspaces: list[str] = []  # roots of nested workspaces //... passed by
         self._modules: dict[str, sl.FrozenModule] = {}  # by resolved label
         self._loading: list[str] = []  # labels of the .star files being evaluated, outermost first
         self._star_package: str | None = None  # package of the .star file being evaluated
@@ -123,10 +130,20 @@ class Loader:
         return None
 
     def all_packages(self, under: str = "") -> list[str]:
+        """The packages at and below ``under``, not entering nested workspaces (their
+        roots are kept in ``self.nested_workspaces`` for messages)."""
+        self._refuse_nested(under, f"//{under + '/' if under else ''}...")
         start = self.root / under
         found = []
         out = os.path.join(str(self.root), OUT_DIR_NAME)
         for dirpath, dirnames, filenames in os.walk(start):
+            if WORKSPACE_FILE in filenames and dirpath != str(self.root):
+                # another workspace: a boundary, as in Bazel (``start`` is never one here)
+                rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+                if rel not in self.nested_workspaces:
+                    self.nested_workspaces.append(rel)
+                dirnames[:] = []
+                continue
             dirnames[:] = sorted(
                 d for d in dirnames
                 if not d.startswith(".") and d not in self.glob_excludes
@@ -137,13 +154,45 @@ class Loader:
                 found.append("" if rel == "." else rel.replace(os.sep, "/"))
         return sorted(found)
 
+    def nested_workspace(self, pkg: str) -> str | None:
+        """The outermost directory (workspace-relative) at or above package directory
+        ``pkg``, below the root, that holds its own WORKSPACE.toml; None if there is none."""
+        if not pkg:
+            return None
+        parts = pkg.split("/")
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            if os.path.isfile(os.path.join(str(self.root), rel, WORKSPACE_FILE)):
+                return rel
+        return None
+
+    def _refuse_nested(self, pkg: str, what: str) -> None:
+        """A LabelError when package directory ``pkg`` lies in a nested workspace: it is
+        that workspace's, and its labels (and loads) mean what they say only from there."""
+        nested = self.nested_workspace(pkg)
+        if nested is None:
+            return
+        inner = pkg[len(nested):].lstrip("/")
+        rest = what[len(f"//{pkg}"):] if what.startswith(f"//{pkg}") else ""
+        there = f"//{inner}{rest}" if inner else f"//{rest.lstrip('/')}"
+        raise LabelError(
+            f"{what} is in {nested}/, a workspace of its own (it has its own {WORKSPACE_FILE}), "
+            f"which this one does not enter; there it is {there}: cd {nested} && forge build {there}"
+        )
+
     def expand(self, pattern: Pattern) -> list[Label]:
         if pattern.recursive:
             pkgs = self.all_packages(pattern.package)
             if not pkgs:
-                raise LabelError(f"no packages (BUILD files) under {pattern}")
+                skipped = [w for w in self.nested_workspaces
+                           if not pattern.package or w.startswith(pattern.package + "/")]
+                nested = (f" (not entered: the nested workspace{'s' if len(skipped) > 1 else ''} "
+                          f"{', '.join(skipped)}; run forge inside {'them' if len(skipped) > 1 else 'it'})"
+                          if skipped else "")
+                raise LabelError(f"no packages (BUILD files) under {pattern}{nested}")
             return [lbl for p in pkgs for lbl in self._labels_of(p)]
         if pattern.name is None:
+            self._refuse_nested(pattern.package, str(pattern))
             return self._labels_of(pattern.package)
         label = Label(pattern.package, pattern.name)
         self.target(label)  # raises a helpful error when absent
@@ -156,6 +205,8 @@ class Loader:
     def target(self, label: Label, referrer: str = "") -> TargetDef:
         where = f"{referrer}: " if referrer else ""
         try:
+            if label.package not in self.packages:
+                self._refuse_nested(label.package, str(label))
             pkg = self.package(label.package)
         except LabelError as exc:
             raise LabelError(f"{where}{exc}") from None
@@ -180,6 +231,7 @@ class Loader:
     def package(self, name: str) -> Package:
         if name in self.packages:
             return self.packages[name]
+        self._refuse_nested(name, f"//{name}")
         build_file = self.build_file(name)
         if build_file is None:
             near = did_you_mean(name, self.all_packages())
@@ -299,6 +351,11 @@ class Loader:
             chain = [*self._loading[self._loading.index(key):], key]
             self._pending = BuildFileError(f"load({module_name!r}): load cycle: {' -> '.join(chain)}")
             raise RecursionError(module_name)
+        try:
+            self._refuse_nested(label.package, key)
+        except LabelError as exc:
+            self._pending = BuildFileError(f"load({module_name!r}): {exc}")
+            raise
         path = self.root / label.package / label.name
         if not path.is_file() or not path.name.endswith(".star"):
             self._pending = BuildFileError(
@@ -323,7 +380,9 @@ class Loader:
     def _package_name(self) -> str:
         return self._current.name if self._current else ""
 
-    def _glob(self, include: list[str], exclude: list[str] | None = None, allow_empty: bool = True) -> list[str]:
+    def _glob(self, include: list[str], exclude: list[str] | None = None, allow_empty: bool = False) -> list[str]:
+        """``glob(include, exclude = [], allow_empty = False)``: as Bazel (8's default), a
+        pattern that matches nothing is an error unless ``allow_empty = True``."""
         pkg = self._current
         if pkg is None:
             return []
@@ -603,7 +662,8 @@ def run_with_large_stack(fn: Callable[[], T]) -> T:
 
 def list_package(directory: Path, root: Path | None = None,
                  excludes: Iterable[str] = DEFAULT_GLOB_EXCLUDES) -> list[str]:
-    """Every file of a package (not entering subpackages), package-relative, sorted.
+    """Every file of a package (not entering subpackages or nested workspaces: directories
+    with a BUILD or a WORKSPACE.toml file), package-relative, sorted.
 
     ``root`` is the workspace (default: the package itself): its ``forge-out`` is never
     listed, and a symlinked directory is followed only when it resolves inside it, not
@@ -650,9 +710,25 @@ def list_package(directory: Path, root: Path | None = None,
                     continue
             if any(os.path.isfile(os.path.join(entry.path, b)) for b in BUILD_NAMES):
                 continue  # a subpackage
+            if real != top and os.path.isfile(os.path.join(entry.path, WORKSPACE_FILE)):
+                continue  # a nested workspace (a link back to this one's root is not one)
+            if entry.is_symlink() and _in_nested_workspace(real, top):
+                files.append(rel)  # into another workspace: the link itself, never read through
+                continue
             todo.append((entry.path, rel + "/", real, seen))
     files.sort()
     return files
+
+
+def _in_nested_workspace(real: str, top: str) -> bool:
+    """Whether ``real`` (a resolved path inside ``top``) lies in a nested workspace: some
+    directory below ``top``, at or above it, holds a WORKSPACE.toml."""
+    path = real
+    while path != top and path.startswith(top + os.sep):
+        if os.path.isfile(os.path.join(path, WORKSPACE_FILE)):
+            return True
+        path = os.path.dirname(path)
+    return False
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -681,7 +757,9 @@ def glob_package(directory: Path, include: list[str], exclude: list[str], allow_
     files = listing if listing is not None else list_package(directory)
     exc = [_compile_glob(p) for p in exclude]
     found: set[str] = set()
+    empty: list[str] = []
     for pattern in include:
+        before = len(found)
         prefix = _literal_prefix(pattern)
         lo = bisect.bisect_left(files, prefix)
         hi = bisect.bisect_left(files, prefix + "\uffff") if prefix else len(files)
@@ -695,9 +773,15 @@ def glob_package(directory: Path, include: list[str], exclude: list[str], allow_
         else:
             regex = _compile_glob(pattern)
             found.update(f for f in files[lo:hi] if regex.match(f))
+        if len(found) == before and not any(f.startswith(prefix) and _compile_glob(pattern).match(f)
+                                            for f in files[lo:hi]):
+            empty.append(pattern)
     out = sorted(f for f in found if not any(r.match(f) for r in exc))
-    if not out and not allow_empty:
-        raise BuildFileError(f"glob({include}) matched no files in {directory}")
+    if not allow_empty and (empty or not out):
+        what = (f"glob pattern {empty[0]!r} matches no file" if empty
+                else f"glob({include}, exclude = {exclude}) leaves no file")
+        raise BuildFileError(f"{what} in {directory.name or directory}/ (pass allow_empty = True "
+                             "when an empty list is meant)")
     return out
 
 

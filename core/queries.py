@@ -52,26 +52,57 @@ def rdeps(loader: Loader, universe: list[Label], roots: list[Label]) -> list[Lab
     return sorted(out)
 
 
-def to_dot(graph: nx.DiGraph, title: str) -> str:
-    """Actions grouped per target, edges from dependency to dependent."""
-    lines = [f'digraph "{title}" {{', "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
+# The fill of an action in `forge graph`: the status of its last build (keys.json).
+STATUS_COLORS = {
+    "built": "palegreen", "cached-local": "lightblue", "cached-remote": "plum",
+    "failed": "salmon", "skipped": "lightgrey",
+}
+NOT_BUILT = "white"  # no record: never built in this workspace
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def to_dot(graph: nx.DiGraph, title: str, statuses: dict[str, str] | None = None) -> str:
+    """Actions grouped per target, edges from dependency to dependent; each action filled
+    with the colour of its last build's status (``statuses``: action id -> status), dashed
+    when non-hermetic, and a legend saying so."""
+    statuses = statuses or {}
+    lines = [f'digraph "{_quote(title)}" {{', "  rankdir=LR;",
+             '  node [shape=box, fontname="Helvetica", style=filled, fillcolor=white];']
     ids = {node: f"n{i}" for i, node in enumerate(graph.nodes)}
     clusters: dict[str, list] = {}
     for node in graph.nodes:
         clusters.setdefault(str(node.label), []).append(node)
     for ci, (label, nodes) in enumerate(sorted(clusters.items())):
-        lines.append(f'  subgraph cluster_{ci} {{ label="{label}"; style=rounded; color=grey;')
+        lines.append(f'  subgraph cluster_{ci} {{ label="{_quote(label)}"; style=rounded; color=grey;')
         for node in nodes:
-            text = node.mnemonic + (f"\\n{node.description}" if node.description else "")
+            text = _quote(node.mnemonic) + (f"\\n{_quote(node.description)}" if node.description else "")
             if node.platform:
                 text += f"\\n{node.platform}"
-            style = "" if node.hermetic else ", style=dashed"
-            lines.append(f'    {ids[node]} [label="{text}"{style}];')
+            style = "filled" if node.hermetic else "filled,dashed"
+            fill = STATUS_COLORS.get(statuses.get(node.id, ""), NOT_BUILT)
+            lines.append(f'    {ids[node]} [label="{text}", style="{style}", fillcolor={fill}];')
         lines.append("  }")
     for a, b in graph.edges:
         lines.append(f"  {ids[a]} -> {ids[b]};")
+    lines.extend(_legend())
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _legend() -> list[str]:
+    """A cluster of sample nodes (no edges: they stack in one rank): the fill colours (status
+    of the last build) and the dashed outline (non-hermetic: uses the network)."""
+    lines = ['  subgraph cluster_legend { label="legend: status of the last build"; style=rounded; '
+             'color=grey; fontname="Helvetica";']
+    samples = [*STATUS_COLORS.items(), ("not built", NOT_BUILT)]
+    for i, (status, fill) in enumerate(samples):
+        lines.append(f'    legend{i} [label="{status}", fillcolor={fill}];')
+    lines.append(f'    legend{len(samples)} [label="non-hermetic\\n(uses the network)", style="filled,dashed"];')
+    lines.append("  }")
+    return lines
 
 
 def render(dot_text: str, fmt: str, output: Path) -> Path:

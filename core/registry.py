@@ -28,6 +28,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "forge.plugins.docker",
     "forge.plugins.qemu",
     "forge.plugins.oci_cache",
+    "forge.plugins.supply_chain",
+    "forge.plugins.deltas",
 )
 
 

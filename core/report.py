@@ -10,6 +10,7 @@ goes through ``action_finished`` for each.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -21,6 +22,22 @@ if TYPE_CHECKING:
     from forge.core.actions import Action
     from forge.core.execution import Outcome
     from forge.core.session import TargetSummary
+
+
+# CSI sequences (colours, cursor moves) and OSC sequences (titles, links) that engines and
+# the tools they run write into their output.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]+[0-~]|\x1b[0-9=>@-Z\\-_]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal escape sequences (Docker's output has colours)."""
+    return _ANSI.sub("", text)
+
+
+def counts_line(summaries: list[TargetSummary], seconds: float, counts: dict[str, int]) -> str:
+    """The closing line of a build, the same in every mode: targets, time, action counts."""
+    return (f"{len(summaries)} target(s) in {seconds:.2f}s: "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
 def human_size(n: int) -> str:
@@ -131,10 +148,7 @@ class PlainReporter(Reporter):
         self._print(f"WARNING: {message}")
 
     def build_finished(self, summaries, seconds, counts) -> None:
-        self._print(
-            f"{len(summaries)} target(s) in {seconds:.2f}s: "
-            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        )
+        self._print(counts_line(summaries, seconds, counts))
         for s in summaries:
             flag = "" if s.hermetic else " (non-hermetic)"
             self._print(f"  {s.label}  {s.platform or '-'}  {s.status}{flag}  {s.seconds:.1f}s  "
@@ -161,12 +175,18 @@ class JsonReporter(Reporter):
             "seconds": round(outcome.seconds, 4),
             "platform": str(a.platform) if a.platform else None, "hermetic": a.hermetic,
         }
-        if outcome.error:
-            event["error"] = outcome.error
+        if outcome.error:  # engines colour their output: machines get the text
+            event["error"] = strip_ansi(outcome.error)
+        if outcome.log_path is not None and outcome.log_path.exists():
+            event["log"] = str(outcome.log_path)
         if outcome.result is not None:
             event["outputs"] = {k: d.digest for k, d in outcome.result.outputs.items()}
         if outcome.counters:
             event["counters"] = dict(outcome.counters)
+        if outcome.started is not None:  # wall clock: started + seconds is its span
+            event["started"] = round(outcome.started, 4)
+        for name, value in outcome.notes.items():  # rc.note: "engine"
+            event.setdefault(name, value)  # never replaces a standard field
         self._emit(event)
 
     def warning(self, message: str) -> None:
@@ -177,36 +197,44 @@ class JsonReporter(Reporter):
 
 
 class LiveReporter(Reporter):
-    """rich live view: running actions with elapsed time, counts, last log line."""
+    """rich live view: the build's elapsed time and counts, running actions with their
+    elapsed time and last log line; failures in full as they happen; the summary table
+    and the same counts line as plain mode at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self._running: dict[Any, tuple[float, str]] = {}
         self._counts: dict[str, int] = {}
         self._total = 0
+        self._started = time.monotonic()
         self._lock = threading.Lock()
         self._live = Live(console=self.console, refresh_per_second=8, transient=True,
                           get_renderable=self._render)
 
     def _render(self):
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table.grid(padding=(0, 1))
+        table.add_column(no_wrap=True, overflow="ellipsis")  # one line per row: the view stays put
         done = sum(self._counts.values())
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self._counts.items())) or "starting"
-        table.add_row(f"[bold]forge[/] {done}/{self._total} actions: {counts}")
         now = time.monotonic()
+        table.add_row(f"[bold]forge[/] {now - self._started:.1f}s  {done}/{self._total} actions: {counts}")
         with self._lock:
             running = list(self._running.items())
         for action, (start, last) in running[:12]:
-            table.add_row(f"  [cyan]{now - start:5.1f}s[/] {action}  [dim]{last[:80]}[/]")
+            # an action's text and its log line are not markup ("[internal] load", colours)
+            table.add_row(f"  [cyan]{now - start:5.1f}s[/] {escape(str(action))}  "
+                          f"[dim]{escape(strip_ansi(last)[:80])}[/]")
         return table
 
     def build_started(self, total: int) -> None:
         self._total = total
+        self._started = time.monotonic()
         self._live.start()
 
     def action_started(self, action: Action) -> None:
@@ -223,16 +251,24 @@ class LiveReporter(Reporter):
             self._running.pop(outcome.action, None)
             self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
         if outcome.status == "failed":
-            self.console.print(f"[red]failed[/] {outcome.action}: {outcome.error}")
+            from rich.text import Text
+
+            # The error is the engine's text: its brackets are not markup, its colours stay
+            text = Text("failed", style="red") + Text(f" {outcome.action}: ") + Text.from_ansi(outcome.error)
+            if outcome.log_path is not None and outcome.log_path.exists():
+                text += Text(f"\n  log: {outcome.log_path}", style="dim")
+            self.console.print(text)
 
     def warning(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}")
+        from rich.text import Text
+
+        self.console.print(Text("warning:", style="yellow") + Text(f" {message}"))
 
     def build_finished(self, summaries, seconds, counts) -> None:
         from rich.table import Table
 
         self._live.stop()
-        table = Table(title=f"forge: {len(summaries)} target(s) in {seconds:.2f}s")
+        table = Table(title="forge")
         for col in ("target", "platform", "status", "time", "digest", "size"):
             table.add_column(col)
         colors = {"built": "green", "cached-local": "blue", "cached-remote": "magenta", "failed": "red"}
@@ -243,3 +279,4 @@ class LiveReporter(Reporter):
             table.add_row(str(s.label), s.platform or "-", status, f"{s.seconds:.1f}s",
                           s.digest[:19] or "-", human_size(s.size))
         self.console.print(table)
+        self.console.print(counts_line(summaries, seconds, counts), markup=False, highlight=False)

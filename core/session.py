@@ -17,6 +17,7 @@ import blake3
 from forge.core.action_cache import ActionCache
 from forge.core.actions import Action, canonical_json
 from forge.core.analysis import Analyzer, action_graph
+from forge.core.attach import attach_actions, materialized
 from forge.core.cas import CAS
 from forge.core.digests import FileDigests
 from forge.core.errors import UsageError
@@ -135,10 +136,15 @@ class Session:
         return list(labels)
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
+        overrides = list(self.options.get("overrides") or [])
         analyzer = Analyzer(self.loader, self.default_platform, self.epoch,
                             bool(self.workspace.section("build")["reproducible"]),
-                            self.executor_selection)
+                            self.executor_selection, overrides)
         targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
+        if overrides:
+            from forge.core.overrides import check_used
+
+            check_used(overrides, analyzer.seen)
         return targets, analyzer
 
     # -- paths ------------------------------------------------------------------------
@@ -164,13 +170,20 @@ class Session:
         found = self.pm.hook.forge_remote_caches(workspace=self.workspace, options=self.options)
         return [b for group in found if group for b in group]
 
-    def build(self, patterns: list[str]) -> tuple[list[TargetSummary], dict[Action, Outcome]]:
-        targets, _ = self.analyze(patterns)
+    def build(self, patterns: list[str], *, no_cache: bool = False
+              ) -> tuple[list[TargetSummary], dict[Action, Outcome]]:
+        """Build ``patterns``; ``no_cache`` re-runs the requested targets' own actions (not
+        their dependencies'), recording the new results."""
+        targets, analyzer = self.analyze(patterns)
+        attached = attach_actions(self, targets, analyzer)  # plugins' (SBOM, provenance…)
         graph = action_graph(targets)
         jobs = int(self.options.get("jobs") or self.workspace.jobs)
         keep_going = bool(self.options.get("keep_going") or self.workspace.section("build")["keep_going"])
         toplevel = frozenset(t.get(DefaultInfo).action for t in targets if t.get(DefaultInfo) is not None)
-        scheduler = Scheduler(self, graph, jobs, keep_going, self.remote_caches(), toplevel=toplevel)
+        toplevel |= attached
+        fresh = frozenset(a for t in targets for a in t.actions) if no_cache else frozenset()
+        scheduler = Scheduler(self, graph, jobs, keep_going, self.remote_caches(), toplevel=toplevel,
+                              no_cache=fresh)
         try:
             outcomes = scheduler.run()
         finally:
@@ -240,10 +253,11 @@ class Session:
         dest = self.out_dir(target.label)
         if default.action.materialize is not None:
             default.action.materialize(self.cas, outcome.result, dest)
-            return
-        dest.mkdir(parents=True, exist_ok=True)
-        for name, desc in outcome.result.outputs.items():
-            self.cas.copy_out(desc.digest, dest / name)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            for name, desc in outcome.result.outputs.items():
+                self.cas.copy_out(desc.digest, dest / name)
+        materialized(self, target, outcomes, dest)
 
 
 def configure_plugins(pm: Any, workspace: Workspace) -> None:

@@ -60,6 +60,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Any]] | None] = {
         "write": (bool, False),
         "insecure": (bool, False),
         "required": (bool, False),
+        # signed records (plugins/oci_cache.py): writers sign with signing_key, readers
+        # with trusted_keys restore only what one of those keys signed
+        "signing_key": (str, ""),
+        "trusted_keys": (list[str], []),
     },
     "plugins": None,
     "executors": None,

@@ -21,7 +21,8 @@ then list the module under ``[plugins] modules`` in WORKSPACE.toml, or expose it
 An image rule composes immutable ``forge.Image`` values (``append_layers``, ``with_config``,
 ``write_layer``) and returns ``forge.image_result(rc, image)``; an executor or remote cache
 implements ``forge.Executor`` / ``forge.RemoteCache``; ``forge.oci`` (registries,
-importers, media types) and ``forge.elf`` (a static ldd) are namespaces.
+importers, media types, image deltas) and ``forge.elf`` (a static ldd) are namespaces;
+``forge.delta_apply`` is the device-side delta applier (standard library + pyzstd).
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ _LAZY = {
     # namespaces: registries, importers, media types; the static ldd
     "oci": ("forge.oci", None),
     "elf": ("forge.elf", None),
+    # the supply chain: SBOMs, provenance, signatures, referrers
+    "supply": ("forge.supply", None),
+    # the device-side delta applier (standard library + pyzstd; `python -m forge.delta_apply`)
+    "delta_apply": ("forge.delta_apply", None),
 }
 
 __all__ = ["hookimpl", *_LAZY]
@@ -116,7 +121,7 @@ __getattr__ = lazy_getattr(globals(), "forge", _LAZY)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from forge import elf, oci  # noqa: F401
+    from forge import delta_apply, elf, oci  # noqa: F401
     from forge._documented import host_platform, load_image, raise_for_failures  # noqa: F401
     from forge.contracts import Executor, LazyRemoteCache, RemoteCache  # noqa: F401
     from forge.core import attrs as attr  # noqa: F401

@@ -19,28 +19,108 @@ import click
 from forge import __version__
 
 
-def _fail(exc: BaseException, verbose: bool) -> None:
+def _fail(exc: BaseException, verbose: bool, as_json: bool = False) -> None:
     from forge.core.errors import ForgeError
 
     if verbose:
         import traceback
 
         traceback.print_exception(exc)
+    code = exc.exit_code if isinstance(exc, ForgeError) else 1
+    if as_json:
+        _json_error(type(exc).__name__.rstrip("_"), str(exc), code)  # AttributeError_ too
     click.echo(f"forge: error: {exc}", err=True)
-    sys.exit(exc.exit_code if isinstance(exc, ForgeError) else 1)
+    sys.exit(code)
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json``, ``--progress=json``), read
+    from the arguments themselves: an error may come before any command parsed them."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return False
+        if arg in ("--json", "--progress=json") or (arg == "--progress" and args[i + 1:i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _json_error(kind: str, message: str, exit_code: int) -> None:
+    """An error as the last JSON Lines event on stdout (the human message goes to stderr)."""
+    from forge.core.report import strip_ansi
+
+    click.echo(json.dumps({"event": "error", "kind": kind, "message": strip_ansi(message),
+                           "exit_code": exit_code}, sort_keys=True))
+
+
+def _summary(cmd: click.Command, limit: int) -> str:
+    """A command's line in ``--help``, never cut off with "...": its ``short_help``, else
+    the first sentence of its help when it fits, else the longest part of that sentence
+    before a " (", ";", ":" or "," that fits (parentheses balanced), else the sentence."""
+    import re
+
+    if cmd.short_help:
+        return cmd.short_help
+    text = " ".join((cmd.help or "").split("\n\n")[0].split())
+    match = re.match(r"(.*?\.)(?:\s|$)", text)
+    sentence = match.group(1) if match else text
+    if len(sentence) <= limit:
+        return sentence
+    cuts = [m.start() for m in re.finditer(r" \(|[;:,] ", sentence) if m.start() <= limit]
+    for cut in reversed(cuts):
+        head = sentence[:cut]
+        if head.count("(") == head.count(")"):
+            return head
+    return sentence
 
 
 class ForgeGroup(click.Group):
-    """Turns ForgeError into a one-line message and an exit code."""
+    """Turns ForgeError into a one-line message and an exit code; under ``--json`` the error
+    is also a JSON object on stdout (click's usage errors too). Command summaries in
+    ``--help`` are whole (click cuts them at ~45 characters with "...")."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, _summary(cmd, limit)) for name, cmd in rows])
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        given = list(args)  # parsing consumes them; invoke reads them again for --json
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # an option of the group itself: `forge --bad build --json`
+            self._usage_json(exc, given)
+            raise
+        ctx.forge_args = given
+        return ctx
+
+    @staticmethod
+    def _usage_json(exc: click.UsageError, args: list[str]) -> None:
+        if _wants_json(list(args)) and not getattr(exc, "forge_json_shown", False):
+            exc.forge_json_shown = True  # an outer group sees the same exception
+            _json_error("UsageError", exc.format_message(), exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
         from forge.core.errors import ForgeError
 
+        args = getattr(ctx, "forge_args", [])
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a missing argument, an unknown option or command
+            self._usage_json(exc, args)
+            raise
         except ForgeError as exc:
-            _fail(exc, ctx.obj.get("verbose", False) if ctx.obj else False)
+            _fail(exc, ctx.obj.get("verbose", False) if ctx.obj else False, _wants_json(args))
         except KeyboardInterrupt:
+            if _wants_json(args):
+                _json_error("Interrupted", "interrupted; nothing half-done was recorded", 130)
+                sys.stdout.flush()
             click.echo("forge: interrupted; nothing half-done was recorded", err=True)
             sys.stderr.flush()
             os._exit(130)
@@ -99,12 +179,15 @@ def _session(ctx: click.Context, reporter=None, **options: Any):
     return Session(Path(ctx.obj.get("cwd") or os.getcwd()), reporter=reporter, options=opts)
 
 
-def _reporter(as_json: bool):
+def _reporter(as_json: bool, progress: str = "auto"):
+    """The reporter ``--progress`` names; ``auto``: live on a terminal outside CI, plain
+    lines otherwise."""
     from forge.core.report import JsonReporter, LiveReporter, PlainReporter
 
-    if as_json:
+    if as_json or progress == "json":
         return JsonReporter()
-    if sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("true", "1"):
+    if progress == "tty" or (progress == "auto" and sys.stderr.isatty()
+                             and os.environ.get("CI", "").lower() not in ("true", "1")):
         return LiveReporter()
     return PlainReporter()
 
@@ -124,35 +207,70 @@ def main(ctx: click.Context, verbose: bool, cwd: str | None) -> None:
 # -- build --------------------------------------------------------------------------------
 
 
-@main.command()
+PROGRESS = ("auto", "tty", "plain", "json")
+
+
+@main.command(short_help="Build targets (like docker buildx bake, keyed and cached).")
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("-j", "--jobs", type=int, help="Actions to run at once (default: CPU count).")
 @click.option("-k", "--keep-going", is_flag=True, help="Build what can be built after a failure.")
-@click.option("--platform", help="Default platform for targets that set none (e.g. linux/arm64).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines events on stdout.")
+@click.option("--platform", help="Platform(s) for targets that set none: linux/arm64, or "
+                                 "amd64,arm64 to build each target for each (image targets "
+                                 "then become an index).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines events on stdout (= --progress=json).")
+@click.option("--progress", type=click.Choice(PROGRESS), default="auto", show_default=True,
+              help="How to show progress: a live display on a terminal (tty), one line per "
+                   "event (plain, what CI=true gives), JSON Lines (json).")
+@click.option("--no-cache", is_flag=True, help="Run the named targets' own actions again (not "
+                                                "their dependencies'), recording the new results.")
+@click.option("--dry-run", is_flag=True, help="Print every action with its key and what the build "
+                                               "would do (cached or run); run nothing.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
+              help="A build argument for every Dockerfile target (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="TARGET.ATTR=VALUE",
+              help="Override an attribute, as bake's --set: '//app:img.target=prod', "
+                   "'*.build_args.V=2' (repeatable).")
 @click.option("--load", is_flag=True, help="Load built single-platform images into the Docker engine.")
 @click.option("--tag", help="Tag for --load (default forge/<pkg>/<name>:latest).")
+@click.option("--push", "push_ref", metavar="REF", help="Push the built image or index to REF.")
 @click.option("--remote-cache", "remote_cache", help="Remote cache URL (registry/repository).")
 @click.option("--remote-cache-write", is_flag=True, default=None, help="Upload results to the remote cache.")
 @click.option("--no-remote-cache", is_flag=True, help="Do not use any remote cache.")
 @click.option("--remote-cache-required", is_flag=True, help="Fail instead of warning when the remote cache fails.")
 @click.pass_context
-def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_cache,
-          remote_cache_write, no_remote_cache, remote_cache_required) -> None:
+def build(ctx, patterns, jobs, keep_going, platform, as_json, progress, no_cache, dry_run,
+          build_args, sets, load, tag, push_ref, remote_cache, remote_cache_write, no_remote_cache,
+          remote_cache_required) -> None:
     """Build the targets matched by PATTERNS (//pkg:name, //pkg:all, //pkg/..., //...)."""
     from forge.core.execution import raise_for_failures
+    from forge.core.overrides import parse_build_arg, parse_set
 
-    reporter = _reporter(as_json)
-    start = time.monotonic()
-    session = _session(
-        ctx, reporter, jobs=jobs, keep_going=keep_going or None, platform=platform,
-        remote_cache_url=remote_cache, remote_cache_write=remote_cache_write,
-        no_remote_cache=no_remote_cache or None, remote_cache_required=remote_cache_required or None,
+    overrides = [*(parse_build_arg(b) for b in build_args), *(parse_set(s) for s in sets)]
+    options = dict(
+        jobs=jobs, keep_going=keep_going or None, remote_cache_url=remote_cache,
+        remote_cache_write=remote_cache_write, no_remote_cache=no_remote_cache or None,
+        remote_cache_required=remote_cache_required or None, overrides=overrides or None,
     )
-    summaries, outcomes = session.build(list(patterns))
+    platforms = [p.strip() for p in (platform or "").split(",") if p.strip()] or [None]
+    if dry_run:
+        _print_plan(ctx, list(patterns), platforms, options, as_json or progress == "json", no_cache)
+        return
+    reporter = _reporter(as_json or progress == "json", progress)
+    start = time.monotonic()
+    runs = []
     counts: dict[str, int] = {}
-    for o in outcomes.values():
-        counts[o.status] = counts.get(o.status, 0) + 1
+    for one in platforms:
+        session = _session(ctx, reporter, platform=one, **options)
+        summaries, outcomes = session.build(list(patterns), no_cache=no_cache)
+        for o in outcomes.values():
+            counts[o.status] = counts.get(o.status, 0) + 1
+        if len(platforms) > 1 and one != platforms[-1]:
+            raise_for_failures(outcomes)  # the next platform's build would only repeat it
+        runs.append(summaries)
+    if len(platforms) > 1:
+        from forge.core.materialize import combine_platforms
+
+        summaries = combine_platforms(session, runs)
     session.pm.hook.forge_build_finished(summaries=summaries, seconds=time.monotonic() - start,
                                          counts=counts)
     raise_for_failures(outcomes)
@@ -172,9 +290,59 @@ def build(ctx, patterns, jobs, keep_going, platform, as_json, load, tag, remote_
             for ref, counters in load_into_engine(session, s, tag):
                 sent = counters.get("cas_to_engine_bytes", 0)
                 click.echo(f"loaded {s.label} as {ref} ({human_size(sent)} of layers sent)", err=True)
+    if push_ref:
+        from forge.core.materialize import push_summaries
+
+        digest = push_summaries(session, summaries, outcomes, push_ref, " ".join(patterns))
+        click.echo(f"pushed {push_ref}@{digest}", err=True)
 
 
-@main.command()
+def _print_plan(ctx, patterns: list[str], platforms: list[str | None], options: dict,
+                as_json: bool, no_cache: bool) -> None:
+    """``--dry-run`` / ``aquery``: every action, keyed where a key is knowable, run never."""
+    from forge.core.dryrun import plan
+
+    for one in platforms:
+        session = _session(ctx, None, platform=one, **options)
+        fresh = frozenset()
+        if no_cache:
+            targets, _ = session.analyze(patterns)
+            fresh = frozenset(a for t in targets for a in t.actions)
+        for item in plan(session, patterns, no_cache=fresh,
+                         remote=not options.get("no_remote_cache")):
+            if as_json:
+                click.echo(json.dumps(item.to_json(), sort_keys=True))
+                continue
+            key = item.key[:12] if item.key else "?" * 12
+            waits = f" (after {', '.join(item.waits_for)})" if item.waits_for else ""
+            platform = str(item.action.platform) if item.action.platform else "-"
+            click.echo(f"{item.would:13} {key}  {item.action.id}  {platform}  "
+                       f"{item.action.description}{waits}")
+
+
+@main.command(short_help="List every action of a build with its key; run nothing.")
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--platform", help="As for build (a,b lists each platform's actions).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per action.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "sets", multiple=True, metavar="TARGET.ATTR=VALUE")
+@click.option("--no-remote-cache", is_flag=True, help="Do not ask any remote cache.")
+@click.pass_context
+def aquery(ctx, patterns, platform, as_json, build_args, sets, no_remote_cache) -> None:
+    """Print every action the build of PATTERNS would consider: id, mnemonic, platform,
+    inputs, params, deps and key, and whether it would be cached or run (Bazel's aquery;
+    `forge build --dry-run` prints the same). An action below one that would run has no
+    key yet: its key hashes that action's result."""
+    from forge.core.overrides import parse_build_arg, parse_set
+
+    overrides = [*(parse_build_arg(b) for b in build_args), *(parse_set(s) for s in sets)]
+    platforms = [p.strip() for p in (platform or "").split(",") if p.strip()] or [None]
+    _print_plan(ctx, list(patterns), platforms,
+                {"overrides": overrides or None, "no_remote_cache": no_remote_cache or None},
+                as_json, False)
+
+
+@main.command(short_help="Build an image or index and push it to a registry.")
 @click.argument("label")
 @click.argument("ref")
 @click.option("--platform", help="Default platform, as for build.")
@@ -193,9 +361,9 @@ def push(ctx, label, ref, platform) -> None:
 # -- query / graph / explain --------------------------------------------------------------
 
 
-@main.group()
+@main.group(cls=PluginGroup, short_help="Ask about targets: deps, rdeps, targets, why and more.")
 def query() -> None:
-    """Ask about targets: deps, rdeps, targets, why."""
+    """Ask about targets: deps, rdeps, targets, why (plugins add sbom, provenance)."""
 
 
 @query.command("targets")
@@ -208,7 +376,7 @@ def query_targets(ctx, patterns) -> None:
         click.echo(f"{session.loader.target(label).rule.name:16} {label}")
 
 
-@query.command("deps")
+@query.command("deps", short_help="What PATTERNS depend on, transitively (them included).")
 @click.argument("patterns", nargs=-1, required=True)
 @click.pass_context
 def query_deps(ctx, patterns) -> None:
@@ -234,7 +402,7 @@ def query_rdeps(ctx, patterns, universe) -> None:
         click.echo(str(label))
 
 
-@query.command("why")
+@query.command("why", short_help="Why PATH is in the layer of a minimize target.")
 @click.argument("label")
 @click.argument("path")
 @click.option("--platform", help="Default platform, as for build.")
@@ -249,7 +417,7 @@ def query_why(ctx, label, path, platform) -> None:
         click.echo(line)
 
 
-@main.command()
+@main.command(short_help="Draw the action graph (dot text, svg or png).")
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(["dot", "svg", "png"]), default="dot", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (svg/png default: forge-out/graph.<fmt>).")
@@ -261,7 +429,9 @@ def graph(ctx, patterns, fmt, output) -> None:
 
     session = _session(ctx)
     targets, _ = session.analyze(list(patterns))
-    dot_text = to_dot(action_graph(targets), " ".join(patterns))
+    statuses = {ident: record.get("status", "") for ident, record in session.previous_keys().items()
+                if isinstance(record, dict)}  # the last build's, coloured in the picture
+    dot_text = to_dot(action_graph(targets), " ".join(patterns), statuses)
     if fmt == "dot" and not output:
         click.echo(dot_text, nl=False)
         return
@@ -272,7 +442,7 @@ def graph(ctx, patterns, fmt, output) -> None:
     click.echo(str(path))
 
 
-@main.command()
+@main.command(short_help="Say why LABEL's actions rebuilt, or would rebuild.")
 @click.argument("label")
 @click.option("--platform", help="Default platform, as for build.")
 @click.pass_context
@@ -288,7 +458,7 @@ def explain(ctx, label, platform) -> None:
 # -- rules / plugins ----------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Print the rules with their attributes and docs.")
 @click.argument("names", nargs=-1)
 @click.option("--markdown", is_flag=True, help="Print the README's rule reference.")
 @click.pass_context
@@ -310,7 +480,7 @@ def plugins(ctx) -> None:
         click.echo(f"{name}: {', '.join(hooks) or '-'}")
 
 
-@main.command()
+@main.command(short_help="Check engines, emulation, tools, caches and disk space.")
 @click.pass_context
 def doctor(ctx) -> None:
     """Check the engine(s), QEMU binfmt per platform, remote cache, cache dir, plugins."""
@@ -332,7 +502,7 @@ def doctor(ctx) -> None:
 # -- cache / clean ------------------------------------------------------------------------
 
 
-@main.group(cls=PluginGroup)
+@main.group(cls=PluginGroup, short_help="Inspect, trim and push the local cache.")
 def cache() -> None:
     """Inspect and trim the local cache; push results to the remote cache."""
 
@@ -355,7 +525,7 @@ def cache_stats(ctx, as_json) -> None:
     click.echo(f"action results: {data['actions']}")
 
 
-@cache.command("gc")
+@cache.command("gc", short_help="Trim the cache to a size, least recently used first.")
 @click.option("--max-size", required=True, help="Trim to this size, least recently used first (e.g. 10G, 500M).")
 @click.option("--max-age", default="1h", show_default=True,
               help="Also remove cas/tmp entries that name no owner once this old (e.g. 30m, 2d); "
@@ -399,7 +569,7 @@ def _clean_engines(session, select, dry_run: bool = False) -> set[str]:
     return picked
 
 
-@main.command()
+@main.command(short_help="Delete forge-out/ (and the cache or engine images).")
 @click.option("--expunge", is_flag=True, help="Also delete the whole local cache directory.")
 @click.option("--engine", is_flag=True,
               help="Also remove the engine images forge tagged for results in this cache.")

@@ -45,6 +45,18 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "open_decompressed": ("forge.core.oci.compression", "open_decompressed"),
     "assemble_image": ("forge.core.oci.image", "assemble_image"),
     "write_layout": ("forge.core.oci.layout", "write_layout"),
+    # image deltas (the format: forge.delta_apply, the device-side applier)
+    "DeltaCodec": ("forge.core.oci.delta", "DeltaCodec"),
+    "DeltaCodecRegistry": ("forge.core.oci.delta", "DeltaCodecRegistry"),
+    "ImageDelta": ("forge.core.oci.delta", "ImageDelta"),
+    "delta_codecs": ("forge.core.oci.delta", "delta_codecs"),
+    "delta_codec": ("forge.core.oci.delta", "delta_codec"),
+    "make_image_delta": ("forge.core.oci.delta", "make_image_delta"),
+    "delta_index": ("forge.core.oci.delta", "delta_index"),
+    "load_delta_index": ("forge.core.oci.delta", "load_delta_index"),
+    "write_delta_layout": ("forge.core.oci.delta", "write_delta_layout"),
+    "push_deltas": ("forge.core.oci.delta", "push_deltas"),
+    "import_release": ("forge.core.oci.delta", "import_release"),
 }
 
 __all__ = ["compression_level", *_LAZY]
@@ -66,6 +78,19 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from forge._documented import load_index, sha256_digest  # noqa: F401
     from forge.core.oci import media  # noqa: F401
     from forge.core.oci.compression import open_decompressed  # noqa: F401
+    from forge.core.oci.delta import (  # noqa: F401
+        DeltaCodec,
+        DeltaCodecRegistry,
+        ImageDelta,
+        delta_codec,
+        delta_codecs,
+        delta_index,
+        import_release,
+        load_delta_index,
+        make_image_delta,
+        push_deltas,
+        write_delta_layout,
+    )
     from forge.core.oci.docker_archive import (  # noqa: F401
         chain_ids,
         import_docker_archive,

@@ -4,6 +4,18 @@ Which engine: ``[executors.docker] hosts = {arm64 = "tcp://arm-builder:2375"}`` 
 platform to a native builder (as open-balena-builder does with DOCKER_HOST_ARM64);
 everything else goes to ``DOCKER_HOST`` or the default socket.
 
+Pools (``[executors.docker.pools] amd64 = ["unix:///var/run/docker.sock",
+{url = "tcp://127.0.0.1:2376", capacity = 2}]``): several engines serve one platform, each
+running at most ``capacity`` builds at once (default 1). ``build()`` picks the member, so
+forge keeps one scheduler (``-j`` bounds the total): the engine that holds the base (it
+built or was sent that config digest in this process), else the one that ran this action
+id last (``<cache>/engine-hints.json``), else the least loaded with room; it waits while
+every member is full. An engine that stops answering is marked down for the rest of the
+process (one warning) and the build is run again from scratch on another member (its
+base goes there through the incremental put); with none left the action fails naming the
+engines. A ``hosts`` entry, or the default engine, is a one-member pool without a
+capacity of its own.
+
 Bytes move only where the other side lacks them (plugins/docker_transfer.py): after a
 step, only the layers it added leave the engine (replayed from the engine's own layer
 store when it is local, streamed from ``docker save`` otherwise); a base enters the
@@ -20,8 +32,10 @@ import contextlib
 import io
 import json
 import os
+import re
 import tarfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -34,13 +48,63 @@ START_HINT = (
     "start one with `scripts/services.sh` (as root: `dockerd --bridge=none --iptables=false &`), "
     "or point DOCKER_HOST at a running engine"
 )
-_KEYS = ("hosts", "transfer")
+_KEYS = ("hosts", "pools", "transfer")
+_MEMBER_KEYS = ("url", "capacity")
+HINTS_FILE = "engine-hints.json"  # action id -> the engine URL that ran it last
 BASE_REPO = "forge-base"  # forge's images, named by config digest
 BUILD_REPO = "forge-build"  # the builders' results, tagged with forge's config hex
 _TRANSFERS = ("auto", "save")
 
 
-def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str]:
+def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Platform, list[tuple[str, int]]]:
+    """``[executors.docker.pools]``: platform = [url | {url = "...", capacity = N}, ...]."""
+    if not isinstance(table, dict):
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'pools')}: [executors.docker] "
+                                "pools must be a table platform = [engine URLs]")
+    named = {}
+    for key in hosts:
+        with contextlib.suppress(Exception):
+            named[forge.parse_platform(key)] = key
+    pools: dict[forge.Platform, list[tuple[str, int]]] = {}
+    for key, entries in table.items():
+        where = f"{workspace.where('executors', 'docker', 'pools', key)}: [executors.docker.pools] {key}"
+        try:
+            platform = forge.parse_platform(key)
+        except Exception as exc:  # noqa: BLE001 - an unknown platform, said as forge says it
+            raise forge.ConfigError(f"{where}: {exc}") from None
+        if platform in pools:
+            raise forge.ConfigError(f"{where}: {platform} has a pool already")
+        if platform in named:
+            raise forge.ConfigError(f"{where}: {platform} is in [executors.docker] hosts too "
+                                    f"({named[platform]}); name its engine in the pool only")
+        if not isinstance(entries, list) or not entries:
+            raise forge.ConfigError(f"{where} should be a non-empty list of engine URLs or "
+                                    '{url = "...", capacity = N} tables')
+        members: list[tuple[str, int]] = []
+        for i, entry in enumerate(entries):
+            at = f"{where}[{i}]"
+            if isinstance(entry, dict):
+                unknown = sorted(set(entry) - set(_MEMBER_KEYS))
+                if unknown:
+                    raise forge.ConfigError(f"{at}: unknown key '{unknown[0]}'"
+                                            f"{forge.did_you_mean(unknown[0], _MEMBER_KEYS)}; "
+                                            f"valid keys: {', '.join(_MEMBER_KEYS)}")
+                url, capacity = entry.get("url"), entry.get("capacity", 1)
+            else:
+                url, capacity = entry, 1
+            if not isinstance(url, str) or not url or "\0" in url or "://" not in url:
+                raise forge.ConfigError(f"{at}: an engine URL (unix://…, tcp://host:port) is needed, "
+                                        f"got {url!r}")
+            if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+                raise forge.ConfigError(f"{at}: capacity should be a whole number ≥ 1, got {capacity!r}")
+            if any(url == u for u, _ in members):
+                raise forge.ConfigError(f"{at}: {url} is in this pool twice")
+            members.append((url, capacity))
+        pools[platform] = members
+    return pools
+
+
+def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str, dict[forge.Platform, list[tuple[str, int]]]]:
     table = workspace.section("executors").get("docker", {})
     unknown = set(table) - set(_KEYS)
     if unknown:
@@ -56,7 +120,94 @@ def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str]:
     if mode not in _TRANSFERS:
         raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'transfer')}: [executors.docker] "
                                 f"transfer = {mode!r}; valid: {', '.join(_TRANSFERS)}")
-    return {forge.parse_platform(k): v for k, v in hosts.items()}, mode
+    pools = _pools(workspace, table.get("pools", {}), hosts)
+    return {forge.parse_platform(k): v for k, v in hosts.items()}, mode, pools
+
+
+class Member:
+    """One engine of a pool: its URL, how many builds it may run at once (None: no
+    bound of its own, for ``hosts`` and the default engine) and how many it runs."""
+
+    def __init__(self, url: str, capacity: int | None):
+        self.url = url
+        self.capacity = capacity
+        self.running = 0
+
+    def free(self) -> bool:
+        return self.capacity is None or self.running < self.capacity
+
+
+class Pool:
+    """The engines that serve one platform. ``acquire`` hands out a member with room,
+    preferring the given URLs in order, else the least loaded; it waits while every
+    member that is up is full. ``down`` (URL -> why) is shared by every pool of the
+    executor: an engine that stopped answering is down for all of them."""
+
+    def __init__(self, platform: forge.Platform | None, members: list[Member], down: dict[str, str],
+                 configured: bool = True):
+        self.platform = platform
+        self.members = members
+        self.down = down
+        self.configured = configured  # False: the implicit pool of a hosts entry / the default
+        self.cond = threading.Condition()
+
+    def up(self) -> list[Member]:
+        return [m for m in self.members if m.url not in self.down]
+
+    def acquire(self, prefer: list[str], cancelled: threading.Event | None = None) -> Member:
+        with self.cond:
+            while True:
+                up = self.up()
+                if not up:
+                    raise forge.ExecutorError(self.none_left())
+                free = [m for m in up if m.free()]
+                if free:
+                    by_url = {m.url: m for m in free}
+                    member = next((by_url[u] for u in prefer if u in by_url), None)
+                    if member is None:
+                        order = {id(m): i for i, m in enumerate(self.members)}
+                        member = min(free, key=lambda m: (m.running / m.capacity if m.capacity else 0,
+                                                          m.running, order[id(m)]))
+                    member.running += 1
+                    return member
+                if cancelled is not None and cancelled.is_set():
+                    raise forge.ActionFailed("cancelled")
+                self.cond.wait(timeout=0.5)
+
+    def release(self, member: Member) -> None:
+        with self.cond:
+            member.running -= 1
+            self.cond.notify_all()
+
+    def mark_down(self, member: Member, why: str) -> bool:
+        """True the first time the member is marked down."""
+        with self.cond:
+            first = member.url not in self.down
+            self.down.setdefault(member.url, why)
+            self.cond.notify_all()
+            return first
+
+    def none_left(self) -> str:
+        where = f"the {self.platform} pool" if self.platform else "the pool"
+        return (f"no engine of {where} is left: "
+                + ", ".join(f"{m.url} ({self.down.get(m.url, 'up')})" for m in self.members))
+
+
+def _answers(url: str, timeout: float = 5.0) -> bool:
+    """Whether the engine at ``url`` answers a ping now (a fresh connection)."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=url, timeout=timeout)
+    except Exception:  # noqa: BLE001
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - refused, reset, timed out: it does not answer
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
 
 
 class DockerExecutor(forge.Executor):
@@ -65,7 +216,14 @@ class DockerExecutor(forge.Executor):
 
     def __init__(self, workspace: Any):
         self.workspace = workspace
-        self.hosts, self.transfer = _settings(workspace)
+        self.hosts, self.transfer, pools = _settings(workspace)
+        self._down: dict[str, str] = {}  # engine URL -> why it is down (for the process)
+        self.pools: dict[forge.Platform | None, Pool] = {
+            platform: Pool(platform, [Member(url, capacity) for url, capacity in members], self._down)
+            for platform, members in pools.items()}
+        self._holders: dict[str, set[str]] = {}  # config digest -> engines that hold it
+        self._hints: dict[str, str] | None = None  # action id -> engine that ran it last
+        self._hints_lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._stores: dict[str, transfer.LocalStore | None] = {}
         self._lock = threading.Lock()
@@ -73,17 +231,38 @@ class DockerExecutor(forge.Executor):
         self._warned: set[str] = set()  # hosts already said to use the docker-save route
 
     def host_for(self, platform: forge.Platform | None) -> str:
+        """The engine for ``platform``: its pool's first member that is up (messages,
+        ``--load`` of an image no member is known to hold), its ``hosts`` entry, or
+        ``DOCKER_HOST`` / the default socket."""
+        if platform is not None and platform in self.pools:
+            pool = self.pools[platform]
+            return (pool.up() or pool.members)[0].url
         if platform is not None and platform in self.hosts:
             return self.hosts[platform]
         return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
     def is_native_remote(self, platform: forge.Platform) -> bool:
-        return platform in self.hosts
+        return platform in self.hosts or (platform in self.pools and self.pools[platform].configured)
 
-    def client(self, platform: forge.Platform | None) -> Any:
+    def pool(self, platform: forge.Platform | None) -> Pool:
+        """The engines of ``platform``: its configured pool, else a one-member pool of its
+        ``hosts`` entry or the default engine, bounded by ``-j`` alone."""
+        with self._lock:
+            if platform not in self.pools:
+                self.pools[platform] = Pool(platform, [Member(self.host_for(platform), None)],
+                                            self._down, configured=False)
+            return self.pools[platform]
+
+    def members(self) -> list[tuple[forge.Platform | None, Member]]:
+        """Every configured pool member, with its platform (for doctor and clean)."""
+        with self._lock:
+            return [(platform, m) for platform, pool in self.pools.items() if pool.configured
+                    for m in pool.members]
+
+    def client(self, platform: forge.Platform | None, host: str | None = None) -> Any:
         import docker
 
-        host = self.host_for(platform)
+        host = host or self.host_for(platform)
         with self._lock:
             if host not in self._clients:
                 try:
@@ -94,38 +273,49 @@ class DockerExecutor(forge.Executor):
                 self._clients[host] = client
             return self._clients[host]
 
-    def store(self, platform: forge.Platform | None) -> transfer.LocalStore | None:
+    def store(self, platform: forge.Platform | None, host: str | None = None) -> transfer.LocalStore | None:
         """The engine's layer store when this process can read it (a local engine)."""
-        host = self.host_for(platform)
-        client = self.client(platform)
+        host = host or self.host_for(platform)
+        client = self.client(platform, host)
         with self._lock:
             if host not in self._stores:
                 self._stores[host] = (transfer.LocalStore.probe(client, host)
                                       if self.transfer == "auto" else None)
             return self._stores[host]
 
-    def version(self, platform: forge.Platform | None = None) -> str:
-        info = self.client(platform).version()
+    def version(self, platform: forge.Platform | None = None, host: str | None = None) -> str:
+        info = self.client(platform, host).version()
         return f"{info.get('Version')} ({info.get('Os')}/{info.get('Arch')})"
 
     # -- images in and out ---------------------------------------------------------------
-    def _lock_for(self, image: Any) -> threading.Lock:
+    def _lock_for(self, image: Any, host: str) -> threading.Lock:
         with self._lock:
-            return self._load_locks.setdefault(image.config_digest, threading.Lock())
+            return self._load_locks.setdefault(f"{host} {image.config_digest}", threading.Lock())
+
+    def _holds(self, host: str, config_digest: str) -> None:
+        with self._lock:
+            self._holders.setdefault(config_digest, set()).add(host)
+
+    def holders(self, config_digest: str) -> list[str]:
+        """The engines this process built or sent ``config_digest`` to."""
+        with self._lock:
+            return sorted(self._holders.get(config_digest, ()))
 
     def put(self, cas: Any, image: Any, ref: str, platform: forge.Platform | None, *,
-            count: transfer.Count, tempdir: Path) -> None:
+            count: transfer.Count, tempdir: Path, host: str | None = None) -> None:
         """Make ``image`` (in ``cas``) the engine image ``ref``, sending only the layers
         the engine lacks (none, for an image built there)."""
-        client = self.client(platform)
-        with self._lock_for(image):
-            transfer.put_image(cas, client, image, ref, store=self.store(platform),
+        host = host or self.host_for(platform)
+        client = self.client(platform, host)
+        with self._lock_for(image, host):
+            transfer.put_image(cas, client, image, ref, store=self.store(platform, host),
                                count=count, tempdir=tempdir)
+        self._holds(host, image.config_digest)
 
-    def ensure_loaded(self, rc: forge.RunContext, client: Any, image: Any) -> str:
+    def ensure_loaded(self, rc: forge.RunContext, client: Any, image: Any, host: str | None = None) -> str:
         """Make ``image`` (from the CAS) present in the engine; return the ref to use."""
         ref = engine_ref(image)
-        self.put(rc.cas, image, ref, rc.platform, count=rc.count, tempdir=rc.tempdir())
+        self.put(rc.cas, image, ref, rc.platform, count=rc.count, tempdir=rc.tempdir(), host=host)
         return ref
 
     def clean(self, select: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
@@ -140,13 +330,23 @@ class DockerExecutor(forge.Executor):
         platforms: dict[str, forge.Platform | None] = {self.host_for(None): None}
         for platform in self.hosts:
             platforms.setdefault(self.host_for(platform), platform)
-        for platform in platforms.values():
-            client = self.client(platform)
-            tagged = [(tag, image.id) for image in client.images.list(filters={"reference": f"{BASE_REPO}/*"})
-                      for tag in image.tags if tag.startswith(BASE_REPO + "/")]
-            tagged += [(tag, "sha256:" + tag.rsplit(":", 1)[1])
-                       for image in client.images.list(name=BUILD_REPO)
-                       for tag in image.tags if tag.startswith(BUILD_REPO + ":")]
+        pooled = {m.url for _, m in self.members()}
+        for platform, member in self.members():
+            platforms.setdefault(member.url, platform)
+        for host, platform in platforms.items():
+            try:
+                client = self.client(platform, host)
+            except forge.ExecutorError:
+                if host in pooled:  # a pool member that is down keeps its images
+                    continue
+                raise
+            # The low-level list (one call, no per-image inspect): an image another process
+            # removes meanwhile on a shared engine is not an ImageNotFound here.
+            rows = client.api.images(filters={"reference": [f"{BASE_REPO}/*", BUILD_REPO]})
+            tagged = [(tag, row["Id"]) for row in rows for tag in row.get("RepoTags") or ()
+                      if tag.startswith(BASE_REPO + "/")]
+            tagged += [(tag, "sha256:" + tag.rsplit(":", 1)[1]) for row in rows
+                       for tag in row.get("RepoTags") or () if tag.startswith(BUILD_REPO + ":")]
             for tag, digest in tagged:
                 if not select(digest):
                     continue
@@ -165,19 +365,22 @@ class DockerExecutor(forge.Executor):
             counters[name] = counters.get(name, 0) + n
 
         tempdir = cas.tempdir()
+        up = {m.url for m in self.pools[platform].up()} if platform in self.pools else set()
+        host = next((h for h in self.holders(image.config_digest) if h in up), None)
         try:
-            self.put(cas, image, ref, platform, count=count, tempdir=tempdir)
+            self.put(cas, image, ref, platform, count=count, tempdir=tempdir, host=host)
         finally:
             import shutil
 
             shutil.rmtree(tempdir, ignore_errors=True)
         return counters
 
-    def export(self, rc: forge.RunContext, client: Any, image_id: str, base: Any) -> Any:
+    def export(self, rc: forge.RunContext, client: Any, image_id: str, base: Any,
+               host: str | None = None) -> Any:
         """Bring an engine image into the CAS, reading only the layers ``base`` lacks."""
-        store = self.store(rc.platform)
+        host = host or self.host_for(rc.platform)
+        store = self.store(rc.platform, host)
         if store is None:
-            host = self.host_for(rc.platform)
             message = (f"{host}: reading results with docker save (the engine's layer store is "
                        "not readable here, so each step's whole image crosses the connection; "
                        "only its new layers are kept)")
@@ -189,12 +392,13 @@ class DockerExecutor(forge.Executor):
         return transfer.export_image(rc.cas, client, image_id, known=known, store=store,
                                      count=rc.count, log=rc.log)
 
-    def _put_early(self, rc: forge.RunContext, client: Any, image_id: str) -> tuple[Any, threading.Thread] | None:
+    def _put_early(self, rc: forge.RunContext, client: Any, image_id: str,
+                   host: str | None = None) -> tuple[Any, threading.Thread] | None:
         """While the new layers are read: forge's config of the result (it needs the
         engine's config, not the layers) is loaded over the engine's layers, so the next
         step, or --load, finds forge's image already there. Only from a readable engine
         store; None otherwise (the image is then put when something asks for it)."""
-        store = self.store(rc.platform)
+        store = self.store(rc.platform, host)
         if store is None:
             return None
         try:
@@ -211,7 +415,8 @@ class DockerExecutor(forge.Executor):
 
         def put() -> None:
             try:
-                self.put(rc.cas, early, engine_ref(early), rc.platform, count=rc.count, tempdir=tempdir)
+                self.put(rc.cas, early, engine_ref(early), rc.platform, count=rc.count, tempdir=tempdir,
+                         host=host)
             except Exception as exc:  # noqa: BLE001 - the lazy put later is the fallback
                 rc.log(f"loading forge's config early failed ({exc}); it is loaded when needed")
 
@@ -219,20 +424,94 @@ class DockerExecutor(forge.Executor):
         thread.start()
         return early, thread
 
-# -- builds --------------------------------------------------------------------------
+# -- engine hints (an action id -> the engine that ran it last) ----------------------
+    def _hints_path(self) -> Path | None:
+        try:
+            return Path(self.workspace.checked_cache_dir()) / HINTS_FILE
+        except Exception:  # noqa: BLE001 - no cache dir: no hints, nothing else changes
+            return None
+
+    @staticmethod
+    def _read_hints(path: Path | None) -> dict[str, str]:
+        if path is None:
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+    def hint(self, action_id: str) -> str | None:
+        with self._hints_lock:
+            if self._hints is None:
+                self._hints = self._read_hints(self._hints_path())
+            return self._hints.get(action_id)
+
+    def _remember(self, action_id: str, host: str) -> None:
+        """Record where ``action_id`` ran, merged with what other processes wrote, and
+        written atomically (a temp file renamed over the old one)."""
+        path = self._hints_path()
+        with self._hints_lock:
+            self._hints = {**(self._hints or {}), action_id: host}
+            if path is None:
+                return
+            merged = {**self._read_hints(path), action_id: host}
+            tmp = path.with_name(f".{HINTS_FILE}.{os.getpid()}.{threading.get_ident()}")
+            with contextlib.suppress(OSError):  # a hint that cannot be kept fails nothing
+                tmp.write_text(json.dumps(merged, sort_keys=True, indent=0))
+                os.replace(tmp, path)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+    # -- builds --------------------------------------------------------------------------
     def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any) -> Any:
+        """Run the step on a member of the platform's pool (base holder, then the hinted
+        engine, then the least loaded); an engine that stops answering is marked down
+        and the step is built again from scratch on another member."""
+        pool = self.pool(rc.platform)
+        prefer = self.holders(base.config_digest) if base is not None else []
+        hinted = self.hint(rc.action.id)
+        if hinted:
+            prefer.append(hinted)
+        while True:
+            member = pool.acquire(prefer, rc.cancelled)
+            try:
+                rc.log(f"engine: {member.url}")
+                rc.note("engine", member.url)
+                rc.note("engine_started", f"{time.time():.4f}")  # the wall clock it got the engine
+                image = self._build_on(rc, member.url, package_dir=package_dir, base=base)
+            except Exception as exc:
+                if not pool.configured or rc.cancelled.is_set() or _answers(member.url):
+                    raise  # a failing step on a live engine, or the only engine there is
+                why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                first = pool.mark_down(member, why)
+                left = [m.url for m in pool.up()]
+                message = (f"engine {member.url} stopped answering ({why}); it is not used for the rest "
+                           "of this build" + (f"; running the step again on {', '.join(left)}" if left else ""))
+                rc.warn(message) if first else rc.log(message)
+                if not left:
+                    raise forge.ExecutorError(pool.none_left()) from None
+                continue
+            finally:
+                rc.note("engine_finished", f"{time.time():.4f}")  # …and gave it back
+                pool.release(member)
+            self._holds(member.url, image.config_digest)
+            self._remember(rc.action.id, member.url)
+            return image
+
+    def _build_on(self, rc: forge.RunContext, host: str, *, package_dir: Path, base: Any) -> Any:
         p = rc.params
         platform = rc.platform
-        client = self.client(platform)
+        client = self.client(platform, host)
         args = dict(p["build_args"])
         if base is not None:
-            args["BASE_IMAGE"] = self.ensure_loaded(rc, client, base)
+            args["BASE_IMAGE"] = self.ensure_loaded(rc, client, base, host)
         root = p.get("context_root", "")
         context = build_context(package_dir, root, [p["dockerfile"], *p["context"]],
                                 follow={p["dockerfile"]})
         rel_dockerfile = p["dockerfile"][len(root) + 1:] if root else p["dockerfile"]
         rc.log(f"docker build -f {rel_dockerfile} ({len(p['context'])} context files) on "
-               f"{self.host_for(platform)} for {platform}")
+               f"{host} for {platform}")
         stream = client.api.build(
             fileobj=context, custom_context=True, dockerfile=rel_dockerfile, buildargs=args,
             target=p["target"], platform=str(platform) if platform else None,
@@ -241,30 +520,32 @@ class DockerExecutor(forge.Executor):
         )
         image_id = None
         step = ""
-        tail: deque[str] = deque(maxlen=15)
-        for chunk in stream:
+        tail: deque[str] = deque(maxlen=200)  # the current step's output, for the excerpt
+        for chunk in _engine_chunks(stream, rel_dockerfile):
             if rc.cancelled.is_set():
                 raise forge.ActionFailed("cancelled")
             if "stream" in chunk:
                 for line in chunk["stream"].splitlines():
                     if line.strip():
                         rc.log(line)
-                        tail.append(line)
                         if line.startswith("Step "):
                             step = line
+                            tail.clear()  # an earlier step's output is not this failure's
+                        else:
+                            tail.append(line)
             if "aux" in chunk and "ID" in chunk["aux"]:
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
                 detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                 rc.log(f"ERROR: {detail}")
-                last = "\n    ".join(list(tail)[-8:])
+                last = "\n    ".join(failure_excerpt(list(tail)))
                 raise forge.ActionFailed(f"{rel_dockerfile}: failed at {step or 'an unknown step'}\n"
                                    f"    {detail}\n  last output:\n    {last}")
         if image_id is None:
             raise forge.ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
-        early = None if p.get("reproducible") else self._put_early(rc, client, image_id)
+        early = None if p.get("reproducible") else self._put_early(rc, client, image_id, host)
         try:
-            image = self.export(rc, client, image_id, base)
+            image = self.export(rc, client, image_id, base, host)
         finally:
             if early is not None:
                 early[1].join()
@@ -318,6 +599,40 @@ def reproducible(rc: forge.RunContext, image: Any, base: Any) -> Any:
     return rewritten
 
 
+# Lines that say why a step failed: shown with what follows them, however long the
+# output after them (pip's PEP 668 block, apt's "E: ..."); libgpg-error0 is no error.
+_DECISIVE = re.compile(r"\b(error|errors|fatal)\b|externally-managed|^E: ", re.IGNORECASE)
+_NOISE = re.compile(r"^\s*(---> |Removing intermediate container )")  # the builder's own lines
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def failure_excerpt(lines: list[str], last: int = 8, most: int = 30) -> list[str]:
+    """The output lines a failed step shows: from the line before the first decisive one
+    to the end (at most ``most`` lines: its head, "...", the last ``last``), or the last
+    ``last`` lines when none is decisive."""
+    lines = [line for line in lines if not _NOISE.match(line)]
+    first = next((i for i, line in enumerate(lines) if _DECISIVE.search(_ANSI.sub("", line))), None)
+    if first is None:
+        return lines[-last:]
+    shown = lines[max(0, first - 1):]
+    if len(shown) > most:
+        shown = [*shown[:most - last - 1], "...", *shown[-last:]]
+    return shown
+
+
+def _engine_chunks(stream: Any, rel_dockerfile: str) -> Any:
+    """The build's output chunks; an engine that refuses the build (a Dockerfile it cannot
+    parse) as its own message, not docker-py's request URL (which also carries the
+    build args' values)."""
+    import docker
+
+    try:
+        yield from stream
+    except docker.errors.APIError as exc:
+        reason = exc.explanation or f"the engine answered {exc.status_code}"
+        raise forge.ActionFailed(f"{rel_dockerfile}: {reason}") from None
+
+
 def engine_ref(image: Any) -> str:
     """The engine tag of a CAS image: its config digest, so equal content, equal tag."""
     return f"{BASE_REPO}/{image.config_digest.split(':')[1][:32]}:latest"
@@ -367,4 +682,17 @@ def forge_doctor_checks(session: Any) -> list[Any]:
             checks.append(forge.DoctorCheck(name, True, f"Docker {executor.version(platform)}"))
         except Exception as exc:  # noqa: BLE001
             checks.append(forge.DoctorCheck(name, False, str(exc)))
+    # Every pool member: URL, platform, capacity, version, health. One member down is a
+    # warning while another of its platform answers; a pool with none up is a failure.
+    rows = []
+    for platform, member in executor.members():
+        try:
+            rows.append((platform, member, f"Docker {executor.version(platform, member.url)}", True))
+        except Exception as exc:  # noqa: BLE001
+            rows.append((platform, member, str(exc).split("; start one")[0], False))
+    for platform, member, detail, ok in rows:
+        alive = any(r[3] for r in rows if r[0] == platform)
+        checks.append(forge.DoctorCheck(
+            f"engine {member.url} (pool {platform}, capacity {member.capacity})", ok,
+            f"{detail}; {'up' if ok else 'down'}", needed=not alive))
     return checks

@@ -50,7 +50,7 @@ class EngineStoreError(Exception):
     """The engine's own store cannot give this layer or config: use ``docker save``."""
 
 
-class EngineLoadError(Exception):
+class EngineLoadError(forge.ExecutorError):
     """``docker load`` refused an archive (e.g. it omitted a layer the engine lacks)."""
 
 

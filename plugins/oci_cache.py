@@ -40,6 +40,15 @@ anything else (connection refused, timeouts after the client's retries, 5xx, 401
 RegistryError/RemoteCacheError, and the scheduler stops using the backend for the build.
 Read-only mode sends no write request at all.
 
+Signed records. A writer with ``[remote_cache] signing_key`` adds two manifest annotations,
+``dev.forge.record.signer`` (its key id, ``sha256:`` of the DER public key) and
+``dev.forge.record.signature`` (base64 of the DER ECDSA P-256 signature over the record
+blob's exact bytes; ``forge.supply.signing``). A reader with ``trusted_keys`` checks them
+after reading the record (``_check_signature``): unsigned, signed by an untrusted key, or
+not matching the record is ``RemoteEntryInvalid`` — one miss with a warning that names the
+signer and the trusted keys. The record names every blob by digest, so its signature
+covers the whole result.
+
 Credentials. The registry login comes from the Docker config (``auths``, ``credHelpers``,
 ``credsStore``; see ``forge.oci.RegistryClient``). A URL may carry one too,
 ``[scheme://]user:password@host/repo`` (percent-encode ``@ : /`` in either part), for a
@@ -58,6 +67,7 @@ cannot carry a secret out.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -89,6 +99,10 @@ RESULT_MEDIA_TYPE = "application/vnd.forge.action-result.v2+json"
 LOG_MEDIA_TYPE = "text/plain"
 KEY_ANNOTATION = "dev.forge.action-key"
 FORMAT_ANNOTATION = "dev.forge.format"
+# A signed record (writers with [remote_cache] signing_key): the key id of the signer and
+# base64 of its DER ECDSA P-256 signature over the record blob's exact bytes.
+SIGNER_ANNOTATION = "dev.forge.record.signer"
+SIGNATURE_ANNOTATION = "dev.forge.record.signature"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 TRANSFER_THREADS = 4  # blobs of one result moved at once
 MAX_REQUESTS = 8  # registry requests in flight per backend (the client's connection pool)
@@ -137,11 +151,16 @@ class CacheSettings:
     write: bool = False
     insecure: bool = False
     credentials: forge.oci.Credentials | None = None
+    signing_key: str = ""  # a key spec (PEM path or env:NAME): writers sign their records
+    trusted_keys: tuple[str, ...] = ()  # key specs: readers restore only records they signed
+    root: str = field(default="", compare=False)  # what relative key paths are relative to
 
     def __repr__(self) -> str:
         login = f", credentials of user {self.credentials.user!r}" if self.credentials else ""
+        signing = f", signing_key={self.signing_key!r}" if self.signing_key else ""
+        trusted = f", {len(self.trusted_keys)} trusted key(s)" if self.trusted_keys else ""
         return (f"CacheSettings({forge.oci.redact_url(self.url)!r}, read={self.read}, write={self.write}, "
-                f"insecure={self.insecure}{login})")
+                f"insecure={self.insecure}{login}{signing}{trusted})")
 
 
 @dataclass(frozen=True)
@@ -188,7 +207,10 @@ def settings_for(workspace: Workspace, options: dict[str, Any]) -> CacheSettings
     credentials = parse_url(url).credentials  # checks the URL, showing it redacted if not
     if credentials is not None:
         url = take_credentials(url)[0]
-    return CacheSettings(url, bool(read), bool(write), insecure, credentials)
+    return CacheSettings(url, bool(read), bool(write), insecure, credentials,
+                         signing_key=str(section.get("signing_key") or ""),
+                         trusted_keys=tuple(section.get("trusted_keys") or ()),
+                         root=str(workspace.root))
 
 
 def take_credentials(url: str) -> tuple[str, forge.oci.Credentials | None]:
@@ -286,6 +308,13 @@ class OciCache(forge.RemoteCache):
         self.writable = settings.write
         credentials = settings.credentials or loc.credentials
         self.client = client or forge.oci.RegistryClient(loc.host, insecure=insecure, credentials=credentials)
+        root = settings.root or None
+        signing = forge.supply.signing
+        self.signer = (signing.load_signing_key(settings.signing_key, root, what="[remote_cache] signing_key")
+                       if settings.signing_key else None)
+        self.trusted = {k.key_id: k for k in (
+            signing.load_public_key(spec, root, what="[remote_cache] trusted_keys entry")
+            for spec in settings.trusted_keys)}
         self._slots = threading.BoundedSemaphore(MAX_REQUESTS)
         self._lock = threading.Lock()
         self._present: set[str] = set()  # blobs known to be in the repository
@@ -394,7 +423,10 @@ class OciCache(forge.RemoteCache):
             raise RemoteEntryInvalid(f"{where}: the manifest is annotated with key {annotated!r}")
         if not 0 < record.size <= MAX_RECORD:
             raise RemoteEntryInvalid(f"{where}: record size {record.size} is out of range")
-        result = parse_record(self._read_record(record.digest, where), key, where)
+        data = self._read_record(record.digest, where)
+        if self.trusted:
+            self._check_signature(manifest.get("annotations") or {}, data, where)
+        result = parse_record(data, key, where)
         blobs = []
         for d in result.blobs:
             layer = layers.get(d.digest)
@@ -411,6 +443,27 @@ class OciCache(forge.RemoteCache):
         if result.log and result.log not in result.sizes:
             blobs.append((result.log, layers[result.log].size))
         return Entry(result, tuple(blobs))
+
+    def _check_signature(self, annotations: dict[str, Any], record: bytes, where: str) -> None:
+        """A reader with trusted keys takes only a record signed by one of them: anything
+        else is this one entry's fault (a miss with a warning naming key and signer)."""
+        trusted = ", ".join(k.describe() for k in self.trusted.values())
+        signer = annotations.get(SIGNER_ANNOTATION)
+        signature = annotations.get(SIGNATURE_ANNOTATION)
+        if not signer or not signature:
+            raise RemoteEntryInvalid(f"{where}: the entry is unsigned, and this cache trusts only "
+                                     f"records signed by {trusted}")
+        key = self.trusted.get(signer)
+        if key is None:
+            raise RemoteEntryInvalid(f"{where}: the entry is signed by key {signer}, which is not "
+                                     f"trusted (trusted_keys: {trusted})")
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except (ValueError, TypeError):
+            raw = b""
+        if not key.verify(record, raw):
+            raise RemoteEntryInvalid(f"{where}: the signature by key {key.describe()} does not match "
+                                     "the entry's record (it was changed after it was signed)")
 
     @contextlib.contextmanager
     def _entry_blob(self, what: str, where: str) -> Iterator[None]:
@@ -457,10 +510,12 @@ class OciCache(forge.RemoteCache):
             raise RemoteCacheError(f"remote cache {self.describe()} is read-only; nothing uploaded")
         check_key(key)
         where = self._where(key)
-        record = cas.put_bytes(record_bytes(key, result)).typed(RESULT_MEDIA_TYPE)
+        data = record_bytes(key, result)
+        record = cas.put_bytes(data).typed(RESULT_MEDIA_TYPE)
         log = Descriptor(result.log, cas.size(result.log), LOG_MEDIA_TYPE) if result.log else None
-        manifest = manifest_bytes(key, result, record, log)
-        plain = manifest_bytes(key, result, record, log, artifact_type=False)
+        signed = (self.signer.key_id, self.signer.sign(data)) if self.signer is not None else None
+        manifest = manifest_bytes(key, result, record, log, signature=signed)
+        plain = manifest_bytes(key, result, record, log, artifact_type=False, signature=signed)
         ours = {forge.oci.sha256_digest(manifest), forge.oci.sha256_digest(plain)}
         existing = self._tag_digest(key)
         replacing = None
@@ -633,9 +688,10 @@ def parse_record(data: bytes, key: str, where: str) -> ActionResult:
 
 
 def manifest_bytes(key: str, result: ActionResult, record: Descriptor, log: Descriptor | None = None,
-                   *, artifact_type: bool = True) -> bytes:
-    """The tagged manifest: same key + result -> same bytes, on any machine. ``record`` is
-    the config blob's descriptor, ``log`` the log's (its digest is ``result.log``)."""
+                   *, artifact_type: bool = True, signature: tuple[str, bytes] | None = None) -> bytes:
+    """The tagged manifest: same key + result (+ signer) -> same bytes, on any machine.
+    ``record`` is the config blob's descriptor, ``log`` the log's (its digest is
+    ``result.log``); ``signature`` is (key id, DER signature of the record bytes)."""
     if (log.digest if log else None) != result.log:
         raise ValueError(f"log descriptor {log} is not the result's log {result.log}")
     titles: dict[str, str] = {}
@@ -657,6 +713,9 @@ def manifest_bytes(key: str, result: ActionResult, record: Descriptor, log: Desc
         "layers": layers,
         "annotations": {KEY_ANNOTATION: key, FORMAT_ANNOTATION: str(FORMAT_VERSION)},
     }
+    if signature is not None:
+        doc["annotations"][SIGNER_ANNOTATION] = signature[0]
+        doc["annotations"][SIGNATURE_ANNOTATION] = base64.b64encode(signature[1]).decode()
     if artifact_type:
         doc["artifactType"] = RESULT_MEDIA_TYPE
     return canonical_json(doc)

@@ -17,6 +17,7 @@ RULE_MODULES = (
     ("forge.rules.debootstrap", "Debootstrap"),
     ("forge.rules.minimize", "Minimize"),
     ("forge.rules.production", "Production"),
+    ("forge.rules.delta", "ImageDeltaRule"),
 )
 
 

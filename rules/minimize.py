@@ -80,6 +80,13 @@ ATTRS = {
                           "same content) are left out, and paths are placed through its "
                           "symlinks (e.g. /lib -> usr/lib) instead of replacing them",
         example='production_base = ":debian-slim"'),
+    "dpkg_status": attr.boolean(
+        default=True,
+        doc="when the build image has a dpkg database: name each harvested file's package in "
+            "the report and write distroless-style /var/lib/dpkg/status.d/<package> records "
+            "(stanza + md5sums of the harvested files) into the layer, so scanners and the "
+            "SBOM see those packages",
+        example="dpkg_status = False"),
     "missing": attr.string(
         default="error", values=("error", "warn"),
         doc="what a needed library that is not in the image does: fail the action, or warn "
@@ -136,6 +143,7 @@ class Minimize(forge.Rule):
                 # error there, while a list the user wrote is checked.
                 "strict_paths": a.paths != DEFAULT_PATHS,
                 "missing": a.missing, "has_base": base_label is not None,
+                "dpkg_status": a.dpkg_status,
             },
             description=f"from {a.image.label}" + (f" for {base_label}" if base_label else ""),
             materialize=materialize_minimize,
@@ -172,7 +180,7 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
     request = forge.elf.HarvestRequest(
         tuple(p["paths"]), tuple(p["additional_files"]), tuple(p["additional_lib_locations"]),
         tuple(p["exclude"]), p["strict_paths"], forge.elf.env_value(env, "LD_LIBRARY_PATH"),
-        forge.elf.env_value(env, "LD_PRELOAD"))
+        forge.elf.env_value(env, "LD_PRELOAD"), p["dpkg_status"])
     tmp = str(rc.tempdir())
     with forge.elf.LayeredRootFS([rc.cas.path(layer.digest) for layer in image.layers], tmpdir=tmp) as fs:
         base_fs = (forge.elf.LayeredRootFS([rc.cas.path(layer.digest) for layer in base.layers], tmpdir=tmp)
@@ -187,7 +195,9 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
             if p["missing"] == "error":
                 raise forge.elf.MinimizeError(forge.elf.missing_message(what, h.missing))
             rc.warn(forge.elf.missing_message(what, h.missing).split("\n  add them")[0])
-        layer = forge.write_layer(rc.cas, _layer_entries(fs, h.nodes), epoch=rc.epoch)
+        records = [forge.LayerEntry(path, FILE, data, size=len(data), mode=0o644)
+                   for path, data in sorted(h.status_d.items())]
+        layer = forge.write_layer(rc.cas, [*_layer_entries(fs, h.nodes), *records], epoch=rc.epoch)
     # The report describes the harvest, not which image digest it came from (the log says
     # that): it is part of the result's identity, so naming the build image would re-key
     # every dependent whenever anything in the image changed, harvested or not.
@@ -203,6 +213,9 @@ def harvest_action(rc: forge.RunContext) -> forge.ActionResult:
     # indented for people who open report.json; sorted keys keep it deterministic
     blob = rc.cas.put_bytes(json.dumps(report, indent=1, sort_keys=True).encode() + b"\n")
     totals = report["totals"]
+    if h.packages:
+        rc.log(f"files of {len(h.packages)} dpkg package(s); status.d records for "
+               f"{sum(1 for p in h.packages.values() if p['status_d'])}")
     rc.log(f"{totals['files']} files, {totals['symlinks']} symlinks, {totals['libraries']} "
            f"libraries ({totals['provided_by_base']} left to the base), "
            f"{totals['bytes']} bytes; layer {layer.digest[:19]} ({layer.size} bytes)")

@@ -2,11 +2,12 @@
 # The README's first command: from a fresh Debian bookworm machine (as root) to a built
 # multi-stage Atom image for aarch64, and how to run it.
 #
-#   scripts/quickstart.sh [TARGET]        default //examples/atom:graphics-aarch64
+#   scripts/quickstart.sh [TARGET]        default //atom:graphics-aarch64
 #
 # 1. scripts/services.sh: Docker engine, QEMU binfmt (aarch64, arm), local registry
 # 2. pip install -e .   (forge itself)
-# 3. forge build TARGET --load, then the production image built from it
+# 3. in examples/atom (the Atom example, a workspace of its own, laid out like the Atom
+#    repository): forge build TARGET --load, then the production image built from it
 #
 # The first build bootstraps Debian bookworm for aarch64 (debootstrap's second stage runs
 # under QEMU: several minutes); every later build reuses it from the cache. Set
@@ -14,7 +15,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-TARGET="${1:-//examples/atom:graphics-aarch64}"
+WORKSPACE_DIR="examples/atom"   # the Atom example's WORKSPACE.toml; TARGET is one of its labels
+TARGET="${1:-//atom:graphics-aarch64}"
 PRODUCTION="${TARGET}-production"
 
 log() { printf '\n[quickstart] %s\n' "$*" >&2; }
@@ -30,7 +32,8 @@ bash scripts/services.sh
 log "installing forge"
 python3 -m pip install -q -e .
 
-log "forge build ${TARGET} --load"
+cd "${WORKSPACE_DIR}"
+log "cd ${WORKSPACE_DIR} && forge build ${TARGET} --load"
 start=$(date +%s)
 forge build "${TARGET}" --load
 log "built in $(( $(date +%s) - start ))s"
@@ -44,7 +47,7 @@ platform=$(docker image inspect --format '{{.Os}}/{{.Architecture}}' "${tag}")
 # The production image (minimize + production) exists for targets that declare one.
 have_production=0
 if forge query targets "//${package}:all" 2>/dev/null | awk '{print $2}' | grep -qx "${PRODUCTION}"; then
-    log "forge build ${PRODUCTION} --load"
+    log "cd ${WORKSPACE_DIR} && forge build ${PRODUCTION} --load"
     forge build "${PRODUCTION}" --load
     have_production=1
 fi
@@ -62,10 +65,11 @@ cat <<EOF
 
 [quickstart] done.
 
+  workspace ${WORKSPACE_DIR}/   (its own WORKSPACE.toml; labels are relative to it)
   image     ${TARGET}
   platform  ${platform}
   digest    ${digest}
-  layout    forge-out/${package}/${name}/   (an OCI image layout)
+  layout    ${WORKSPACE_DIR}/forge-out/${package}/${name}/   (an OCI image layout)
   loaded as ${tag}
 
 Run it (through QEMU when the platform is foreign to this machine):
@@ -85,8 +89,8 @@ cat <<EOF
 
 Build it again: nothing runs (every step is a cache hit):
 
-  forge build ${TARGET}
+  cd ${WORKSPACE_DIR} && forge build ${TARGET}
 
-Edit one Dockerfile (e.g. examples/atom/graphics/20-Dockerfile-display) and build again:
-that file's step and the ones after it rebuild, nothing in stock/.
+Edit one Dockerfile (e.g. ${WORKSPACE_DIR}/atom/graphics/20-Dockerfile-display) and build
+again: that file's step and the ones after it rebuild, nothing in atom/stock/.
 EOF

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install and start the real services forge is tested against, on Debian bookworm as root:
-#   - Docker engine (docker.io; dockerd --bridge=none --iptables=false)
+#   - a Docker engine: whichever answers `docker info` (or on its socket) is used as it is;
+#     only when none answers and none is installed, Debian's docker.io
+#     (dockerd --bridge=none --iptables=false). A machine with Docker CE (docker-ce,
+#     containerd.io) never gets docker.io, which would replace containerd.io.
 #   - QEMU user emulation via binfmt_misc (qemu-aarch64, qemu-arm; flags must include F)
 #   - an OCI registry (Debian's docker-registry) on 127.0.0.1:5000, delete enabled
 #   - a second, htpasswd-protected registry on 127.0.0.1:5001 (user forge / forge-secret)
 #   - busybox rootfs tarballs for amd64, arm64 and armhf built from Debian packages
+#   - umoci and skopeo: independent readers of the OCI layouts forge writes (tests use them)
 #
 # Idempotent: anything already installed/running/built is left alone, so a second run is fast.
 # Exits 0 only when every service answers.
@@ -12,6 +16,9 @@
 # Environment:
 #   FORGE_TESTDATA          where the rootfs tarballs go (default /var/cache/forge-testdata)
 #   FORGE_AUTH_REGISTRY=0   do not start the htpasswd-protected registry on :5001
+#   FORGE_SERVICES_PLAN=engine
+#                           change nothing: print what would be done about the engine
+#                           (use / start / install docker.io / refuse ...) and exit
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -23,13 +30,14 @@ AUTH_REGISTRY_ADDR="127.0.0.1:5001"
 AUTH_USER="forge"
 AUTH_PASSWORD="forge-secret"
 WANT_AUTH_REGISTRY="${FORGE_AUTH_REGISTRY:-1}"
+PLAN="${FORGE_SERVICES_PLAN:-}"
 CONF_DIR="/etc/forge"
 DOCKERD_LOG="/var/log/forge-dockerd.log"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
 
-if [[ $(id -u) -ne 0 ]]; then
+if [[ $(id -u) -ne 0 && $PLAN != engine ]]; then
     die "must run as root (installs packages, mounts binfmt_misc, starts dockerd)"
 fi
 
@@ -81,19 +89,78 @@ ensure_packages() {
     fi
 }
 
-ensure_packages docker.io qemu-user-static binfmt-support docker-registry busybox-static \
-    graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev
+if [[ $PLAN != engine ]]; then
+    ensure_packages qemu-user-static binfmt-support docker-registry busybox-static \
+        graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev umoci skopeo
+fi
 
 # ---------------------------------------------------------------- docker engine
-docker_answers() { timeout 20 docker info >/dev/null 2>&1; }
+# Whether an engine is there is decided by asking it, never by which package is installed:
+# Docker CE (docker-ce + containerd.io), Debian's docker.io, or anything at DOCKER_HOST.
+DOCKER_SOCK=/var/run/docker.sock
+case ${DOCKER_HOST:-} in
+    unix://*) DOCKER_SOCK=${DOCKER_HOST#unix://} ;;
+    "") ;;
+    *) DOCKER_SOCK="" ;;  # tcp:// or ssh://: no local socket to ask or to start
+esac
+
+socket_answers() {  # the engine API on the socket, without the docker command
+    [[ -n $DOCKER_SOCK && -S $DOCKER_SOCK ]] || return 1
+    [[ $(curl -s -m 5 --unix-socket "$DOCKER_SOCK" http://localhost/_ping 2>/dev/null) == OK ]]
+}
+
+docker_answers() {
+    if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; then
+        return 0
+    fi
+    socket_answers
+}
+
+engine_plan() {  # prints: use | remote-down | start | refuse <package> | install
+    if docker_answers; then
+        echo use  # whatever engine it is, it is used as it is: nothing installed over it
+    elif [[ -z $DOCKER_SOCK ]]; then
+        echo remote-down
+    elif command -v dockerd >/dev/null 2>&1; then
+        echo start  # an engine is installed (docker.io, docker-ce, ...) but not running
+    else
+        local p
+        for p in docker-ce docker-ce-cli containerd.io moby-engine; do
+            if is_installed "$p"; then echo "refuse $p"; return 0; fi
+        done
+        echo install
+    fi
+}
+
+ENGINE_PLAN=$(engine_plan)
+if [[ $PLAN == engine ]]; then
+    echo "engine: $ENGINE_PLAN"
+    exit 0
+fi
+case $ENGINE_PLAN in
+    use)
+        command -v docker >/dev/null 2>&1 \
+            || log "WARNING: an engine answers on $DOCKER_SOCK but there is no docker command (install your engine's CLI, e.g. docker-ce-cli)"
+        ;;
+    remote-down)
+        die "DOCKER_HOST=$DOCKER_HOST does not answer \`docker info\`; start that engine (this script starts only a local one)" ;;
+    start) ;;
+    refuse*)
+        die "${ENGINE_PLAN#refuse } is installed but no engine answers and there is no dockerd: finish that installation (e.g. apt-get install docker-ce) rather than install Debian's docker.io, which would replace it" ;;
+    install)
+        log "no Docker engine answers and none is installed: installing Debian's docker.io"
+        ensure_packages docker.io ;;
+esac
 
 start_dockerd() {
     if docker_answers; then
         return 0
     fi
     log "starting dockerd (log: $DOCKERD_LOG)"
+    local host=()
+    [[ $DOCKER_SOCK == /var/run/docker.sock ]] || host=(--host "unix://$DOCKER_SOCK")
     # Fully detached so that callers (CI) do not wait on its file descriptors.
-    setsid -f dockerd --bridge=none --iptables=false </dev/null >>"$DOCKERD_LOG" 2>&1
+    setsid -f dockerd --bridge=none --iptables=false "${host[@]}" </dev/null >>"$DOCKERD_LOG" 2>&1
     local i
     for i in $(seq 1 60); do
         if docker_answers; then
@@ -314,9 +381,18 @@ row() { printf '  %-22s %s\n' "$1" "$2"; }
 echo "forge services:"
 if engine=$(timeout 20 docker version --format '{{.Server.Version}}' 2>/dev/null); then
     row "docker engine" "$engine"
+elif socket_answers; then
+    row "docker engine" "answers on $DOCKER_SOCK (no docker command)"
 else
     row "docker engine" "DOWN"; ok=0
 fi
+for tool in umoci skopeo; do
+    if version=$("$tool" --version 2>/dev/null | head -n 1); then
+        row "$tool" "$version"
+    else
+        row "$tool" "MISSING"; ok=0
+    fi
+done
 if [[ $(http_code "http://$REGISTRY_ADDR/v2/") == 200 ]]; then
     row "registry" "http://$REGISTRY_ADDR (root $(cat /run/forge-registry.root 2>/dev/null || echo '?'))"
 else

@@ -253,3 +253,70 @@ def test_missing_service_fails_in_ci_and_skips_elsewhere(
     monkeypatch.setattr(services, "_cache", {"nothing": (False, "cached reason")})
     with pytest.raises(outcome, match="cached reason"):
         services._cached("nothing", "an imaginary service", lambda: 1 / 0)
+
+
+# ------------------------------------------------------------------ services.sh's engine decision
+
+SERVICES_SH = Path(__file__).resolve().parents[1] / "scripts/services.sh"
+
+
+def _engine_plan(tmp_path: Path, *, docker_info: bool, dockerd: bool, installed: list[str],
+                 socket: str = "") -> str:
+    """``FORGE_SERVICES_PLAN=engine scripts/services.sh`` (changes nothing) on a PATH of fakes:
+    a ``docker`` whose ``info`` answers or not, maybe a ``dockerd``, and a ``dpkg-query``
+    that reports ``installed`` as the installed packages."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    scripts = {
+        "docker": f"#!/bin/sh\n[ \"$1\" = info ] && exit {0 if docker_info else 1}\nexit 1\n",
+        "dpkg-query": ("#!/bin/sh\nfor last; do :; done\nfor p in " + " ".join(installed or ["none"])
+                       + '; do\n  [ "$p" = "$last" ] && { printf "install ok installed"; exit 0; }\n'
+                       "done\nexit 1\n"),
+        "apt-get": f"#!/bin/sh\necho \"$@\" >> {tmp_path}/apt-get.calls\nexit 0\n",
+    }
+    if dockerd:
+        scripts["dockerd"] = "#!/bin/sh\nexit 0\n"
+    else:
+        (fake / "dockerd").unlink(missing_ok=True)
+    for name, text in scripts.items():
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    # the real coreutils, bash and curl, but no real docker, dockerd or dpkg-query first
+    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "FORGE_SERVICES_PLAN": "engine",
+           "DOCKER_HOST": f"unix://{socket or tmp_path / 'no-engine.sock'}"}
+    done = subprocess.run(["bash", str(SERVICES_SH)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "apt-get.calls").exists()  # the plan installs nothing
+    return done.stdout.strip()
+
+
+def test_an_engine_that_answers_is_used_whatever_package_it_came_from(tmp_path: Path) -> None:
+    # Docker CE: docker-ce + containerd.io installed, no docker.io: it answers, so it is used
+    plan = _engine_plan(tmp_path, docker_info=True, dockerd=True, installed=["docker-ce", "containerd.io"])
+    assert plan == "engine: use"
+    assert _engine_plan(tmp_path, docker_info=True, dockerd=False, installed=[]) == "engine: use"
+
+
+def test_no_engine_answering_installs_docker_io_only_on_a_bare_machine(tmp_path: Path) -> None:
+    # an engine installed but stopped (any package): started, nothing installed
+    assert _engine_plan(tmp_path, docker_info=False, dockerd=True, installed=["docker-ce"]) == "engine: start"
+    # Docker's containerd.io without a dockerd: docker.io would replace it, so refuse
+    plan = _engine_plan(tmp_path, docker_info=False, dockerd=False, installed=["containerd.io"])
+    assert plan == "engine: refuse containerd.io"
+    # nothing at all: Debian's docker.io
+    assert _engine_plan(tmp_path, docker_info=False, dockerd=False, installed=[]) == "engine: install"
+
+
+def test_an_engine_is_found_on_its_socket_without_the_docker_command(tmp_path: Path) -> None:
+    """The socket itself is asked (``/_ping``) when ``docker info`` does not answer."""
+    require_docker()
+    import os
+
+    socket = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+    if not Path(socket).is_socket():
+        pytest.skip(f"the engine is not on a local socket ({socket})")
+    plan = _engine_plan(tmp_path, docker_info=False, dockerd=False, installed=["containerd.io"], socket=socket)
+    assert plan == "engine: use"

@@ -36,6 +36,12 @@ The report (``report.json`` beside ``layer.tar.gz`` under forge-out; format
   that the loader does not search by itself (``production`` adds them to
   LD_LIBRARY_PATH); ``notes``: dangling links, links to directories not harvested,
   conflicts with the base that were fitted.
+* ``packages``: when the build image has a dpkg database, every package whose files
+  were harvested (``name:arch`` -> ``name``, ``version``, ``architecture``, ``files``,
+  ``status_d``), and each file's ``package``. With ``dpkg_status`` the layer also gets
+  distroless-style ``/var/lib/dpkg/status.d/<name>`` (the package's stanza) and
+  ``<name>.md5sums`` (the harvested files) for the packages the production base does not
+  have in that version: scanners that read dpkg data (syft, trivy, forge's SBOM) see them.
 
 Not kept from the build image: owners (files are root-owned), xattrs (file
 capabilities), hard links (stored as copies); the interpreter of a ``#!`` script is not
@@ -82,6 +88,7 @@ class HarvestRequest:
     strict_paths: bool = False
     ld_library_path: str = ""
     ld_preload: str = ""
+    dpkg_status: bool = True  # write status.d records for the packages harvested from
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Node:
     source: str = ""  # the path in the build image (differs from path when relocated)
     requested: list[str] = field(default_factory=list)  # "paths /usr/local/bin", ...
     needed: list[dict[str, str]] = field(default_factory=list)  # reasons, see Harvest
+    package: str = ""  # the dpkg package that installed it in the build image (name:arch)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "mode": f"{stat.S_IMODE(self.mode):04o}"}
@@ -109,6 +117,8 @@ class Node:
             out["requested"] = self.requested
         if self.needed:
             out["needed"] = self.needed
+        if self.package:
+            out["package"] = self.package
         return out
 
 
@@ -129,6 +139,11 @@ class Harvest:
     relocated: dict[str, str] = field(default_factory=dict)
     search_dirs: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # dpkg packages whose files were harvested: "name:arch" -> version, architecture,
+    # files (layer paths), status_d (whether an entry was written for it)
+    packages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # distroless-style package records for the layer: layer path -> bytes
+    status_d: dict[str, bytes] = field(default_factory=dict)
 
     def totals(self) -> dict[str, int]:
         kinds = [n.kind for n in self.nodes.values()]
@@ -156,6 +171,7 @@ class Harvest:
             "relocated": dict(sorted(self.relocated.items())),
             "search_dirs": self.search_dirs,
             "notes": self.notes,
+            "packages": dict(sorted(self.packages.items())),
         }
 
 
@@ -383,7 +399,129 @@ def harvest(fs: Any, request: HarvestRequest, base: Any | None = None) -> Harves
     h = harvester.h
     if base is not None:
         h.notes.extend(f"fitted to the base: {c}" for c in fit_to_base(h, base))
+    own_packages(h, fs, base, status_d=request.dpkg_status)
     return h
+
+
+# -- dpkg: which package each harvested file came from ------------------------------------
+
+DPKG = "/var/lib/dpkg"
+INSTALLED = "install ok installed"
+
+
+@dataclass
+class DpkgDatabase:
+    """What an image's dpkg database says: installed stanzas by ``name:arch``, the owner
+    of each installed path and its md5 (paths made canonical: directories resolved
+    through the image's symlinks, so ``/lib/x86_64-linux-gnu/libz.so.1`` of a merged-/usr
+    image is found at ``/usr/lib/...``)."""
+
+    stanzas: dict[str, Any] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    md5: dict[str, str] = field(default_factory=dict)
+
+
+def _canonical(fs: Any, path: str, dirs: dict[str, str]) -> str:
+    directory, name = posixpath.split(posixpath.normpath(path))
+    if directory not in dirs:
+        found = fs.resolve(directory)
+        dirs[directory] = found.path if found is not None and found.entry_kind == DIR else directory
+    return posixpath.join(dirs[directory], name)
+
+
+def read_dpkg(fs: Any, *, files: bool = True) -> DpkgDatabase | None:
+    """The dpkg database of a root filesystem (``/var/lib/dpkg/status`` parsed with
+    python-debian, ``info/<pkg>.list`` and ``.md5sums``), None when it has none."""
+    from debian.deb822 import Deb822
+
+    if not fs.is_file(f"{DPKG}/status"):
+        return None
+    db = DpkgDatabase()
+    with fs.open(f"{DPKG}/status") as fh:
+        for stanza in Deb822.iter_paragraphs(fh, use_apt_pkg=False):
+            if "Package" in stanza and stanza.get("Status", "").strip() == INSTALLED:
+                db.stanzas[f"{stanza['Package']}:{stanza.get('Architecture', '')}"] = stanza
+    if not files or not fs.is_dir(f"{DPKG}/info"):
+        return db
+    by_stem = {}
+    for ident in db.stanzas:
+        by_stem[ident] = ident
+        by_stem.setdefault(ident.split(":", 1)[0], ident)  # list files of Multi-Arch: no packages lack :arch
+    dirs: dict[str, str] = {}
+    names = fs.listdir(f"{DPKG}/info")
+    for entry in sorted(names):
+        stem, ext = posixpath.splitext(entry)
+        ident = by_stem.get(stem)
+        if ident is None or ext not in (".list", ".md5sums"):
+            continue
+        with fs.open(f"{DPKG}/info/{entry}") as fh:
+            text = fh.read().decode("utf-8", "replace")
+        for line in text.splitlines():
+            if ext == ".list":
+                if not line.startswith("/") or line == "/.":
+                    continue
+                path = _canonical(fs, line, dirs)
+                found = fs.resolve(path)
+                if found is None or found.entry_kind != DIR:  # directories belong to many
+                    db.owners.setdefault(path, ident)
+            else:
+                md5, _, path = line.partition("  ")
+                if len(md5) == 32 and path:
+                    db.md5[_canonical(fs, "/" + path, dirs)] = md5
+    return db
+
+
+def own_packages(h: Harvest, fs: Any, base: Any | None, *, status_d: bool) -> None:
+    """Name the package of every harvested file (``Node.package``, ``Harvest.packages``)
+    and, with ``status_d``, write distroless-style records for them
+    (``/var/lib/dpkg/status.d/<name>`` with the package's stanza, ``<name>.md5sums`` with
+    the harvested files), so scanners that read dpkg data see what the layer holds. A
+    package the base has installed in the same version gets no record (its own status
+    already names it)."""
+    db = read_dpkg(fs)
+    if db is None:
+        return
+    dirs: dict[str, str] = {}
+    for node in h.nodes.values():
+        if node.kind == DIR:
+            continue
+        owner = db.owners.get(_canonical(fs, node.source, dirs))
+        if owner is None:
+            continue
+        node.package = owner
+        stanza = db.stanzas[owner]
+        entry = h.packages.setdefault(owner, {
+            "name": stanza["Package"], "version": stanza.get("Version", ""),
+            "architecture": stanza.get("Architecture", ""), "files": [], "status_d": False})
+        entry["files"].append(node.path)
+    if not h.packages:
+        return
+    base_db = read_dpkg(base, files=False) if base is not None else None
+    names = [e["name"] for e in h.packages.values()]
+    for ident, entry in sorted(h.packages.items()):
+        entry["files"].sort()
+        theirs = base_db.stanzas.get(ident) if base_db is not None else None
+        if not status_d or (theirs is not None and theirs.get("Version") == entry["version"]):
+            continue
+        name = entry["name"] if names.count(entry["name"]) == 1 else ident.replace(":", "_")
+        record = f"{DPKG.lstrip('/')}/status.d/{name}"
+        h.status_d["/" + record] = db.stanzas[ident].dump().encode()
+        sums = []
+        for node in sorted((n for n in h.nodes.values() if n.package == ident and n.kind == FILE),
+                           key=lambda n: n.path):
+            md5 = db.md5.get(_canonical(fs, node.source, dirs)) or _md5(fs, node.source)
+            sums.append(f"{md5}  {node.path.lstrip('/')}\n")
+        if sums:
+            h.status_d[f"/{record}.md5sums"] = "".join(sums).encode()
+        entry["status_d"] = True
+
+
+def _md5(fs: Any, path: str) -> str:
+    digest = hashlib.md5()  # noqa: S324 - dpkg's md5sums format
+    with fs.open(path) as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # -- fitting the layer to the production base ---------------------------------------------

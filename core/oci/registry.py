@@ -1,8 +1,7 @@
 """Push images to and pull them from OCI registries, verified, over oras-py.
 
 oras-py (``oras.provider.Registry``) does the HTTP: its auth backends (Basic, Bearer
-tokens), blob HEAD/GET, monolithic (``put_upload``) and chunked (``chunked_upload``)
-uploads. forge adds only what it lacks or gets wrong for this use:
+tokens) and requests. forge adds only what it lacks or gets wrong for this use:
 
 - manifests are sent and read as exact bytes (oras re-serializes them, which changes the
   digest) through its ``do_request``; cross-repository mount is one ``do_request`` too;
@@ -11,7 +10,11 @@ uploads. forge adds only what it lacks or gets wrong for this use:
   connect/read timeouts, and never retries a 401;
 - a Bearer token is re-requested when a 401 asks for a new scope (oras reuses the old);
 - the registry is pinged first, so "unreachable" and "wrong credentials" are one clear
-  error each, naming the registry and never the password.
+  error each, naming the registry and never the password;
+- transfers survive broken links: a download resumes with ``Range: bytes=N-`` where it
+  stopped (``pull_blob``), an upload resumes its chunked session where the registry can say
+  how far it got, else starts a new one (``_upload``); oras' ``put_upload`` and
+  ``chunked_upload`` restart nothing.
 
 Credentials are given to the client (``credentials=``, e.g. those of a remote cache URL)
 or come from ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import json
 import os
 import re
@@ -57,6 +61,7 @@ import oras.container
 import oras.provider
 import requests
 import requests.adapters
+import urllib3.exceptions
 
 from forge.core.cas import CAS, BlobMissing, sha256_digest, split_digest
 from forge.core.errors import CacheError, RegistryError
@@ -553,27 +558,117 @@ class RegistryClient:
             size = cas.size(digest)
         except BlobMissing:
             raise RegistryError(f"{what}: the blob is not in the local CAS") from None
-        layer = {"digest": digest, "size": size}
-        container = self._container(repo)
-        try:
-            if size <= MONOLITHIC_LIMIT:
-                response = self._oras.put_upload(str(cas.path(digest)), container, layer)
-            else:
-                response = self._oras.chunked_upload(str(cas.path(digest)), container, layer, chunk_size=UPLOAD_CHUNK)
-        except requests.RequestException as e:
-            raise RegistryError(f"{what} failed: {self._reason(e)}") from None
-        except ValueError as e:  # oras: no upload session location, or a failed chunk
-            raise RegistryError(f"{what} failed: {self._scrub(str(e))}") from None
-        if response.status_code != 201:
-            raise self._fail(what, response)
+        self._upload(cas, repo, digest, size, what)
         return True
+
+    def _upload(self, cas: CAS, repo: str, digest: str, size: int, what: str) -> None:
+        """Upload a blob through an upload session: one PUT up to MONOLITHIC_LIMIT, else
+        PATCH chunks and a closing PUT.
+
+        A connection that breaks mid-upload (after the client's own quick retries) does not
+        fail it: a chunked upload asks the session how far it got (``GET`` on the upload
+        URL, ``Range: 0-N``) and goes on from there when the registry can say so; otherwise
+        (a monolithic PUT, or a session the registry no longer knows or will not resume —
+        distribution 2.8 refuses to resume a session whose last PATCH broke part-way) a new
+        session starts. Each break halves the chunk size (down to 1 MiB), so a link that
+        breaks often still gets chunks through; up to UPLOAD_SESSIONS sessions are tried."""
+        self._ensure_ready()
+        chunk = UPLOAD_CHUNK
+        sessions = breaks = 0
+        location: str | None = None
+        offset = 0
+        with open(cas.path(digest), "rb") as fh:
+            while True:
+                try:
+                    if location is None:
+                        sessions += 1
+                        location, offset = self._start_upload(repo, what), 0
+                    if size <= MONOLITHIC_LIMIT and offset == 0:
+                        fh.seek(0)
+                        response = self._oras.do_request(
+                            _with_query(location, digest=digest), "PUT", data=fh.read(),
+                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+                    else:
+                        while offset < size:
+                            fh.seek(offset)
+                            data = fh.read(chunk)
+                            response = self._oras.do_request(location, "PATCH", data=data, headers={
+                                "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                                "Content-Range": f"{offset}-{offset + len(data) - 1}"})
+                            if response.status_code != 202:
+                                break
+                            location = self._location(response, location)
+                            offset = _uploaded(response.headers.get("Range"), offset + len(data))
+                        else:
+                            response = self._oras.do_request(_with_query(location, digest=digest), "PUT",
+                                                             headers={"Content-Length": "0"})
+                    if response.status_code == 201:
+                        if breaks:
+                            self._progress_note(f"{what}: {breaks} broken connection(s) survived "
+                                                f"({sessions} upload session(s))")
+                        return
+                    if response.status_code in (404, 416) or (response.status_code == 400
+                                                              and "BLOB_UPLOAD_INVALID" in _error_codes(response)):
+                        # the session is gone or out of step: start again
+                        if sessions >= UPLOAD_SESSIONS:
+                            raise self._fail(what, response)
+                        location = None
+                        continue
+                    raise self._fail(what, response)
+                except (requests.ConnectionError, requests.Timeout) as e:
+                    breaks += 1
+                    if sessions >= UPLOAD_SESSIONS and location is None or breaks > UPLOAD_SESSIONS * 4:
+                        raise RegistryError(f"{what} failed after {breaks} broken connection(s): "
+                                            f"{self._reason(e)}") from None
+                    chunk = max(1 << 20, chunk // 2)
+                    time.sleep(min(0.1 * 2 ** breaks, 2.0))
+                    resumed = self._upload_status(location) if location and size > MONOLITHIC_LIMIT else None
+                    if resumed is None:
+                        if sessions >= UPLOAD_SESSIONS:
+                            raise RegistryError(f"{what} failed: {self._reason(e)} (no session left to "
+                                                "resume or restart)") from None
+                        location = None
+                    else:
+                        location, offset = resumed
+                except ValueError as e:  # oras: "Cannot respond to request for authentication."
+                    raise RegistryAuthError(f"{what}: registry {self.host} refused access "
+                                            f"({self._scrub(str(e))})") from None
+
+    def _progress_note(self, line: str) -> None:
+        """Transfer notes (resumes survived) go to forge's logger; never an error."""
+        import logging
+
+        logging.getLogger("forge.registry").info(line)
+
+    def _location(self, response: requests.Response, current: str) -> str:
+        loc = response.headers.get("Location") or current
+        return f"{self.scheme}://{self.api_host}{loc}" if loc.startswith("/") else loc
+
+    def _start_upload(self, repo: str, what: str) -> str:
+        url = f"{self.scheme}://{self.api_host}/v2/{repo}/blobs/uploads/"
+        response = self._request(what, url, "POST", headers={"Content-Length": "0"})
+        if response.status_code != 202 or not response.headers.get("Location"):
+            raise self._fail(what, response)
+        return self._location(response, url)
+
+    def _upload_status(self, location: str) -> tuple[str, int] | None:
+        """(where to go on, bytes the session holds) of an upload session, or None when the
+        registry does not know it or cannot say consistently."""
+        try:
+            response = self._oras.do_request(location, "GET")
+        except (requests.RequestException, ValueError):
+            return None
+        if response.status_code != 204 or not response.headers.get("Range"):
+            return None
+        return self._location(response, location), _uploaded(response.headers["Range"], 0)
 
     def pull_blob(self, cas: CAS, repo: str, digest: str, size: int | None = None) -> None:
         """Fetch a blob into the CAS, verified while it streams; a mismatch stores nothing
         and raises ContentMismatch. With ``size``, a longer answer is cut off as one.
 
         A connection that breaks mid-blob, after bytes arrived, is resumed where it stopped
-        (``Range: bytes=N-``, up to RESUME_ATTEMPTS times, backing off): on a bad link the bytes already here
+        (``Range: bytes=N-``, up to RESUME_ATTEMPTS times or once per RESUME_PER_BYTES of
+        the blob, backing off while attempts bring little): on a bad link the bytes already here
         are never fetched again. A registry that ignores Range sends the whole blob again
         and the part already written is skipped as it arrives."""
         if cas.has(digest):
@@ -583,7 +678,8 @@ class RegistryClient:
         url = self._api(repo, "blobs", digest)
         try:
             with cas.writer(expected=digest) as out:
-                breaks = 0
+                breaks = slow = 0
+                limit = max(RESUME_ATTEMPTS, (size or 0) // RESUME_PER_BYTES)
                 while True:
                     before = out.size
                     try:
@@ -592,11 +688,15 @@ class RegistryClient:
                     except _RESUMABLE as e:
                         breaks += 1
                         # An attempt that got nothing is a registry that is down: fail at
-                        # once (the scheduler degrades); one that got bytes is resumed.
-                        if out.size == before or breaks > RESUME_ATTEMPTS:
+                        # once (the scheduler degrades); one that got bytes is resumed, up
+                        # to one resume per RESUME_PER_BYTES of the blob. The pause grows
+                        # only while attempts bring little (a crawling link), not when a
+                        # working link merely breaks often.
+                        if out.size == before or breaks > limit:
                             raise RegistryError(f"{what} failed at byte {out.size} "
                                                 f"(after {breaks - 1} resumes): {self._reason(e)}") from None
-                        time.sleep(min(0.1 * 2 ** breaks, 2.0))
+                        slow = slow + 1 if out.size - before < RESUME_PER_BYTES // 4 else 0
+                        time.sleep(min(0.02 * 2 ** slow, 2.0))
         except BlobMissing as e:
             raise ContentMismatch(f"{what}: the registry sent other content ({e})") from None
         except requests.RequestException as e:
@@ -607,7 +707,8 @@ class RegistryClient:
     def _stream_blob(self, what: str, url: str, out, size: int | None) -> None:
         """One GET of the blob from ``out.size`` on, appended to ``out``."""
         offset = out.size
-        headers = {"Range": f"bytes={offset}-"} if offset else None
+        # identity: the bytes read are the blob's (a content-encoded answer would not be)
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
         with self._oras.do_request(url, "GET", headers=headers, stream=True) as response:
             if response.status_code == 206 and offset:
                 start = _range_start(response.headers.get("Content-Range", ""))
@@ -619,7 +720,14 @@ class RegistryClient:
                 skip = offset  # from the start again: drop what is already written
             else:
                 raise self._fail(what, response)
-            for chunk in response.iter_content(1 << 20):
+            # raw reads: a read cut short by a broken link returns what did arrive (requests'
+            # iter_content would drop it with the error), so a resume re-fetches nothing
+            while True:
+                chunk = response.raw.read(1 << 20, decode_content=False)
+                if not chunk:
+                    if size is not None and out.size < size:
+                        raise requests.exceptions.ChunkedEncodingError("the connection closed early")
+                    break
                 if skip:
                     cut = min(skip, len(chunk))
                     chunk, skip = chunk[cut:], skip - cut
@@ -843,10 +951,28 @@ def _entry_for(entries: Iterable[dict], want: Platform, what: str) -> str:
     raise RegistryError(f"{what} has no image for {want}; it has: {', '.join(have) or 'none'}")
 
 
-RESUME_ATTEMPTS = 5  # breaks of one blob download resumed before it fails
+RESUME_ATTEMPTS = 5  # breaks of one blob download resumed before it fails (at least)
+RESUME_PER_BYTES = 256 << 10  # ...and one more resume allowed per this many bytes of the blob
+UPLOAD_SESSIONS = 4  # upload sessions one blob upload may start before it fails
 # What a broken link looks like to requests mid-body: resumed, not failed.
 _RESUMABLE = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-              requests.exceptions.Timeout)
+              requests.exceptions.Timeout, urllib3.exceptions.ProtocolError,
+              urllib3.exceptions.ReadTimeoutError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _with_query(url: str, **params: str) -> str:
+    from urllib.parse import urlencode
+
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def _uploaded(range_header: str | None, default: int) -> int:
+    """The size of an upload session from its ``Range: 0-N`` answer (N is the last byte)."""
+    m = re.match(r"\s*(?:bytes=)?0-(\d+)\s*$", range_header or "")
+    if not m:
+        return default
+    last = int(m.group(1))
+    return 0 if last == 0 and default == 0 else last + 1
 
 
 def _range_start(content_range: str) -> int | None:

@@ -208,6 +208,7 @@ EVERY_RULE = {
         'debootstrap(name = "deb", suite = "bookworm", platform = "amd64")\n'
         'minimize(name = "min", image = ":df", paths = ["/bin"])\n'
         'production(name = "prod", base = ":base", minimized = ":min", packages = ["curl"])\n'
+        'image_delta(name = "delta", image = ":img", releases = ["127.0.0.1:5000/x/y@sha256:' + "0" * 64 + '"])\n'
     ),
     "p/a.txt": "a\n",
     "p/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY a.txt /\n",

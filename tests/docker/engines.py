@@ -8,6 +8,12 @@
         second_engine.client    # docker SDK client of it
         second_engine.prune()   # remove every image and container in it (it is ours alone)
 
+    from tests.docker.engines import engine_pool  # noqa: F401 - POOL_SIZE engines at once
+
+    def test_y(engine_pool):
+        engine_pool             # a list of POOL_SIZE Engines, started in parallel
+        engine_pool[0].kill()   # SIGKILL its dockerd (an engine that stops answering)
+
 It is a ``/usr/sbin/dockerd`` with its own ``--data-root``, ``--exec-root`` and
 ``--pidfile`` in a temporary directory, no bridge, no iptables rules, and its own
 containerd (dockerd starts one under its exec root when ``--containerd`` is not given:
@@ -98,6 +104,12 @@ class Engine:
 
     def log_tail(self, lines: int = 30) -> str:
         return _log_tail(self.log, lines)
+
+    def kill(self) -> None:
+        """SIGKILL the dockerd (its containerd is left to ``stop``): an engine that dies."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
 
     def image_ids(self) -> set[str]:
         return {row["Id"] for row in self.client.api.images(all=True)}
@@ -210,3 +222,34 @@ def second_engine() -> Iterator[Engine]:
         yield engine
     finally:
         engine.stop()
+
+
+POOL_SIZE = 3
+
+
+def start_engines(n: int) -> tuple[list[Engine], str]:
+    """``n`` started, answering engines (started in parallel), or [] and why not; the
+    ones that did start are stopped when another could not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        started = list(pool.map(lambda _: start_engine(), range(n)))
+    engines = [e for e, _ in started if e is not None]
+    if len(engines) == n:
+        return engines, ""
+    for engine in engines:
+        engine.stop()
+    return [], next(why for e, why in started if e is None)
+
+
+@pytest.fixture(scope="module")
+def engine_pool() -> Iterator[list[Engine]]:
+    """POOL_SIZE dockerds of the module's own (empty at start); stopped and removed after."""
+    engines, why = start_engines(POOL_SIZE)
+    if not engines:
+        unavailable(f"{POOL_SIZE} Docker engines (tcp://127.0.0.1) could not start: {why}")
+    try:
+        yield engines
+    finally:
+        for engine in engines:
+            engine.stop()

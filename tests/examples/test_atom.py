@@ -1,9 +1,12 @@
 """The examples end to end: the Atom layout on the real engine and QEMU, and the fleet.
 
-The module builds one copy of ``examples/`` in a temporary workspace with one cache for
-every test here, so each debootstrap runs once per platform (several minutes for aarch64,
-whose second stage runs under QEMU; set ``FORGE_EXAMPLES_CACHE`` to a directory to keep
-that cache between runs). Tests never edit the repository's own examples.
+Each example is a workspace of its own (``examples/atom/WORKSPACE.toml`` with the ``atom``
+package, ``examples/fleet/WORKSPACE.toml`` with the ``fleet`` package). The module copies
+the repository's root ``WORKSPACE.toml`` and ``examples/`` to a temporary directory and
+builds both examples there with one cache for every test here, so each debootstrap runs
+once per platform for both workspaces (several minutes for aarch64, whose second stage
+runs under QEMU; set ``FORGE_EXAMPLES_CACHE`` to a directory to keep that cache between
+runs). Tests never edit the repository's own examples.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -26,23 +30,36 @@ from tests.services import require_binfmt, require_docker, require_registry
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
-GRAPHICS = ["//examples/atom:graphics-amd64", "//examples/atom:graphics-aarch64"]
+GRAPHICS = ["//atom:graphics-amd64", "//atom:graphics-aarch64"]
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory) -> Workspace:
-    """A copy of the repository's examples as a workspace, with one cache for the module."""
+def checkout(tmp_path_factory) -> Workspace:
+    """A copy of the repository's root WORKSPACE.toml and examples/, with one cache for the
+    module: ``checkout.root / "examples/atom"`` is laid out as in the repository."""
     require_docker()
     require_binfmt("aarch64")
     if os.geteuid() != 0:
         pytest.fail("the examples' debootstrap bases need root", pytrace=False)
-    root = tmp_path_factory.mktemp("examples-ws")
+    root = tmp_path_factory.mktemp("checkout")
     shutil.copy(REPO / "WORKSPACE.toml", root / "WORKSPACE.toml")
     shutil.copytree(REPO / "examples", root / "examples",
                     ignore=shutil.ignore_patterns("forge-out", "__pycache__"))
     cache = Path(os.environ.get("FORGE_EXAMPLES_CACHE") or tmp_path_factory.mktemp("examples-cache"))
     return Workspace(root, cache)
+
+
+@pytest.fixture(scope="module")
+def examples(checkout) -> Workspace:
+    """The Atom example's workspace (examples/atom) in the copy."""
+    return Workspace(checkout.root / "examples/atom", checkout.cache)
+
+
+@pytest.fixture(scope="module")
+def fleet(checkout) -> Workspace:
+    """The fleet example's workspace (examples/fleet) in the copy, on the same cache."""
+    return Workspace(checkout.root / "examples/fleet", checkout.cache)
 
 
 def build(ws: Workspace, *args: str):
@@ -62,6 +79,23 @@ def validated(ws: Workspace, out) -> None:
             validate_image(cas, outputs.get("index") or outputs["manifest"])
 
 
+def test_the_promised_command_builds_graphics_aarch64(checkout):
+    """The README's words, to the letter: ``cd examples/atom && forge build
+    //atom:graphics-aarch64``, by the installed ``forge`` command in a shell."""
+    forge = shutil.which("forge")
+    assert forge, "the forge command is not on PATH (pip install -e .)"
+    start = time.monotonic()
+    done = subprocess.run(["bash", "-c", "cd examples/atom && forge build //atom:graphics-aarch64"],
+                          cwd=checkout.root, env={**os.environ, "FORGE_CACHE": str(checkout.cache)},
+                          capture_output=True, text=True, timeout=3000)
+    print(f"cd examples/atom && forge build //atom:graphics-aarch64: {time.monotonic() - start:.2f}s")
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    layout = checkout.root / "examples/atom/forge-out/atom/graphics-aarch64"
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["platform"]["architecture"] == "arm64"
+    assert not (checkout.root / "forge-out").exists()  # nothing of the outer workspace's
+
+
 def test_graphics_builds_and_runs_on_both_platforms(examples):
     client = require_docker()
     out = build(examples, *GRAPHICS, "--load")
@@ -69,7 +103,7 @@ def test_graphics_builds_and_runs_on_both_platforms(examples):
     platforms = {t["label"]: t["platform"] for t in out.summary()["targets"]}
     assert platforms == {GRAPHICS[0]: "linux/amd64", GRAPHICS[1]: "linux/arm64/v8"}
     for name, machine in (("graphics-amd64", "x86_64"), ("graphics-aarch64", "aarch64")):
-        ref = f"forge/examples/atom/{name}:latest"
+        ref = f"forge/atom/{name}:latest"
         config = client.images.get(ref).attrs
         assert config["Architecture"] == ("amd64" if machine == "x86_64" else "arm64")
         output = client.containers.run(ref, ["atom-hello", "test"], remove=True).decode()
@@ -89,7 +123,7 @@ def test_second_build_executes_nothing(examples):
 
 def test_editing_one_graphics_dockerfile_rebuilds_from_it(examples):
     build(examples, *GRAPHICS)
-    display = examples.root / "examples/atom/graphics/20-Dockerfile-display"
+    display = examples.root / "atom/graphics/20-Dockerfile-display"
     original = display.read_text()
     # unique, so that a cache kept between runs (FORGE_EXAMPLES_CACHE) has never seen it
     display.write_text(original + f"ENV ATOM_GRAPHICS_EDITED={uuid.uuid4().hex}\n")
@@ -97,7 +131,7 @@ def test_editing_one_graphics_dockerfile_rebuilds_from_it(examples):
         out = build(examples, *GRAPHICS)
         # 20-Dockerfile-display is graphics' second action, 30-Dockerfile-smoke follows it
         assert out.executed() == sorted(
-            f"//examples/atom:graphics-{p}#DockerBuild.{i}" for p in ("amd64", "aarch64") for i in (1, 2)
+            f"//atom:graphics-{p}#DockerBuild.{i}" for p in ("amd64", "aarch64") for i in (1, 2)
         )
         assert not [a for a in out.statuses() if ":stock-" in a and out.statuses()[a] != "cached-local"]
         validated(examples, out)
@@ -107,16 +141,19 @@ def test_editing_one_graphics_dockerfile_rebuilds_from_it(examples):
     assert build(examples, *GRAPHICS).executed() == []
 
 
-def test_fleet_builds_in_parallel_and_pushes_an_index(examples):
+def test_fleet_builds_in_parallel_and_pushes_an_index(examples, fleet):
     registry = require_registry()
-    out = build(examples, "//examples/fleet/...")
-    validated(examples, out)
+    build(examples, "//atom:base-amd64", "//atom:base-aarch64")
+    out = build(fleet, "//...")
+    validated(fleet, out)
     labels = {t["label"] for t in out.summary()["targets"]}
     for service in ("web", "metrics", "broker", "radio"):
-        assert {f"//examples/fleet:{service}-amd64", f"//examples/fleet:{service}-aarch64",
-                f"//examples/fleet:{service}"} <= labels
+        assert {f"//fleet:{service}-amd64", f"//fleet:{service}-aarch64", f"//fleet:{service}"} <= labels
+    # the fleet's bootstrap is the Atom example's, to the letter: one cache, one bootstrap
+    for p in ("amd64", "aarch64"):
+        assert out.statuses()[f"//fleet:bootstrap-{p}#Debootstrap.0"] == "cached-local", out.statuses()
     tag = f"test-{uuid.uuid4().hex[:8]}"
-    pushed = examples.run("push", "//examples/fleet:web", f"{registry}/fleet/web:{tag}").assert_success()
+    pushed = fleet.run("push", "//fleet:web", f"{registry}/fleet/web:{tag}").assert_success()
     assert "sha256:" in pushed.stdout + pushed.stderr
     request = urllib.request.Request(f"http://{registry}/v2/fleet/web/manifests/{tag}",
                                      headers={"Accept": OCI_INDEX})
@@ -138,7 +175,7 @@ def test_production_images_are_slim_and_run(examples):
     for label in GRAPHICS:
         assert sizes[f"{label}-production"] < sizes[label] / 2, sizes
     for name, machine in (("graphics-amd64", "x86_64"), ("graphics-aarch64", "aarch64")):
-        ref = f"forge/examples/atom/{name}-production:latest"
+        ref = f"forge/atom/{name}-production:latest"
         output = client.containers.run(ref, remove=True).decode()  # cmd = ["atom-hello"]
         assert output.startswith("atom-hello: zlib 1.2.13, libatomhello 1.0 "), output
         assert f"running on {machine}" in output

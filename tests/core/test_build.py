@@ -225,15 +225,23 @@ def test_parallel_jobs(forge_workspace, tmp_path):
         assert (s1 < e2 and s2 < e1) is overlap, spans
 
 
-def test_ctrl_c_stops_and_records_nothing_half_done(forge_workspace):
+def test_ctrl_c_stops_and_records_nothing_half_done(forge_workspace, tmp_path):
     ws = forge_workspace(CHAIN)
-    proc = _forge(ws, "build", "//p:solo", "--json", env={"FORGE_TEST_SLOW_WRITE": "5"})
+    trace = tmp_path / "trace"
+    proc = _forge(ws, "build", "//p:solo", "--json",
+                  env={"FORGE_TEST_SLOW_WRITE": "5", "FORGE_TEST_TRACE": str(trace)})
     tmp = ws.cache / "cas/tmp"
     deadline = time.time() + 30
+    # interrupt mid-action: the action has started (its trace line) and is writing
     while time.time() < deadline:
-        if tmp.exists() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in tmp.iterdir()):
+        started = trace.exists() and "start" in trace.read_text()
+        if started and tmp.exists() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0
+                                            for p in tmp.iterdir()):
             break
         time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("the action never started writing")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

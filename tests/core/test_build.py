@@ -228,8 +228,11 @@ def test_parallel_jobs(forge_workspace, tmp_path):
 def test_ctrl_c_stops_and_records_nothing_half_done(forge_workspace, tmp_path):
     ws = forge_workspace(CHAIN)
     trace = tmp_path / "trace"
+    # SIGINT as a terminal sends it, even when this test runs in a background job (which
+    # starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
     proc = _forge(ws, "build", "//p:solo", "--json",
-                  env={"FORGE_TEST_SLOW_WRITE": "5", "FORGE_TEST_TRACE": str(trace)})
+                  env={"FORGE_TEST_SLOW_WRITE": "5", "FORGE_TEST_TRACE": str(trace)},
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tmp = ws.cache / "cas/tmp"
     deadline = time.time() + 30
     # interrupt mid-action: the action has started (its trace line) and is writing

@@ -208,7 +208,7 @@ class Scheduler:
         self.ac: ActionCache = self.session.action_cache
         self.digests: FileDigests = self.session.file_digests
         self.hooks = self.session.pm.hook
-        self.remote_required = bool(self.session.options.get("remote_cache_required"))
+        self.remote_required = self.session.options.remote_cache_required
         self.results: dict[Action, ActionResult] = {}
         self.cancelled = threading.Event()
         self._platform_lock = threading.Lock()

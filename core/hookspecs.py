@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from forge.core.execution import Outcome
     from forge.core.labels import Label
     from forge.core.oci.delta import DeltaCodecRegistry
+    from forge.core.options import BuildOptions
     from forge.core.platforms import Platform
     from forge.core.registry import ExecutorRegistry, RuleRegistry
     from forge.core.rule import ConfiguredTarget
@@ -133,12 +134,14 @@ def forge_register_delta_codecs(registry: DeltaCodecRegistry) -> None:
 
 
 @hookspec
-def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[Any] | None:
+def forge_remote_caches(workspace: Workspace, options: BuildOptions) -> list[Any] | None:
     """Called once per build to collect remote cache backends.
 
     :param workspace: the loaded workspace; ``[remote_cache]`` is in its sections.
-    :param options: command-line overrides: ``url``, ``read``, ``write``, ``enabled``,
-        ``required``, ``insecure``.
+    :param options: the build's frozen command-line choices (``forge.BuildOptions``, a
+        read-only mapping): ``remote_cache_url``, ``remote_cache_write``,
+        ``no_remote_cache``, ``remote_cache_required``, and ``url``, ``read``, ``write``,
+        ``enabled``, ``insecure`` from plugin commands.
     :returns: a list of ``forge.RemoteCache`` backends (``lookup``, ``upload``, ``ping``,
         ``describe``, ``writable``), or None.
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from forge.core.execution import Outcome, Scheduler
 from forge.core.fsutil import write_atomic
 from forge.core.labels import Label, parse_pattern
 from forge.core.loading import Loader
+from forge.core.options import BuildOptions
 from forge.core.platforms import Platform, host_platform, parse_platform
 from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo
 from forge.core.registry import (
@@ -57,8 +59,8 @@ class Session:
     runs Load -> Analyze -> Key -> Execute -> Materialize (plugin commands use it too)."""
 
     def __init__(self, start: Path | None = None, *, reporter: Reporter | None = None,
-                 options: dict[str, Any] | None = None):
-        self.options = options or {}
+                 options: Mapping[str, Any] | None = None):
+        self.options = options  # frozen: BuildOptions (a property)
         root = find_workspace_root(Path(start or os.getcwd()))
         self.workspace: Workspace = load_workspace(root)
         self.pm = make_plugin_manager(self.workspace.plugin_modules)
@@ -74,6 +76,16 @@ class Session:
         self._cas: CAS | None = None
         self._ac: ActionCache | None = None
         self._digests: FileDigests | None = None
+
+    @property
+    def options(self) -> BuildOptions:
+        """The command line's choices, frozen (``forge.BuildOptions``); assigning new
+        ones (a mapping) replaces them whole, nobody edits them in place."""
+        return self._options
+
+    @options.setter
+    def options(self, value: Mapping[str, Any] | None) -> None:
+        self._options = value if isinstance(value, BuildOptions) else BuildOptions(value)
 
     # -- caches (created on first use so `forge query` never touches them) ----------
     @property
@@ -111,7 +123,7 @@ class Session:
     # -- platform ---------------------------------------------------------------------
     @property
     def default_platform(self) -> Platform:
-        given = self.options.get("platform")
+        given = self.options.platform
         if given:
             return parse_platform(given)
         if self.workspace.platforms:
@@ -136,7 +148,7 @@ class Session:
         return list(labels)
 
     def analyze(self, patterns: list[str]) -> tuple[list[ConfiguredTarget], Analyzer]:
-        overrides = list(self.options.get("overrides") or [])
+        overrides = list(self.options.overrides)
         analyzer = Analyzer(self.loader, self.default_platform, self.epoch,
                             bool(self.workspace.section("build")["reproducible"]),
                             self.executor_selection, overrides)
@@ -177,8 +189,8 @@ class Session:
         targets, analyzer = self.analyze(patterns)
         attached = attach_actions(self, targets, analyzer)  # plugins' (SBOM, provenance…)
         graph = action_graph(targets)
-        jobs = int(self.options.get("jobs") or self.workspace.jobs)
-        keep_going = bool(self.options.get("keep_going") or self.workspace.section("build")["keep_going"])
+        jobs = int(self.options.jobs or self.workspace.jobs)
+        keep_going = self.options.keep_going or bool(self.workspace.section("build")["keep_going"])
         toplevel = frozenset(t.get(DefaultInfo).action for t in targets if t.get(DefaultInfo) is not None)
         toplevel |= attached
         fresh = frozenset(a for t in targets for a in t.actions) if no_cache else frozenset()

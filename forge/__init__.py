@@ -84,6 +84,7 @@ _LAZY = {
     "did_you_mean": ("forge.core.errors", "did_you_mean"),
     # contracts for executor and remote cache plugins
     "Executor": ("forge.contracts", "Executor"),
+    "BuildOptions": ("forge.core.options", "BuildOptions"),
     "RemoteCache": ("forge.contracts", "RemoteCache"),
     "LazyRemoteCache": ("forge.contracts", "LazyRemoteCache"),
     # images: immutable values, operations return new ones
@@ -163,6 +164,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         image_result,
         materialize_image,
     )
+    from forge.core.options import BuildOptions  # noqa: F401
     from forge.core.platforms import Platform, parse_platform  # noqa: F401
     from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo, LayerInfo, provider  # noqa: F401
     from forge.core.rule import AnalysisContext, ConfiguredTarget, Rule  # noqa: F401

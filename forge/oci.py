@@ -26,12 +26,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "sha256_digest": ("forge._documented", "sha256_digest"),
     # registries
     "RegistryClient": ("forge.core.oci.registry", "RegistryClient"),
-    "Reference": ("forge.core.oci.registry", "Reference"),
-    "parse_reference": ("forge.core.oci.registry", "parse_reference"),
+    "Reference": ("forge.core.oci.reference", "Reference"),
+    "parse_reference": ("forge.core.oci.reference", "parse_reference"),
     "Credentials": ("forge.core.oci.registry", "Credentials"),
-    "split_credentials": ("forge.core.oci.registry", "split_credentials"),
-    "redact_url": ("forge.core.oci.registry", "redact_url"),
-    "scrub": ("forge.core.oci.registry", "scrub"),
+    "split_credentials": ("forge.core.oci.reference", "split_credentials"),
+    "redact_url": ("forge.core.oci.reference", "redact_url"),
+    "scrub": ("forge.core.oci.reference", "scrub"),
     "RegistryHTTPError": ("forge.core.oci.registry", "RegistryHTTPError"),
     "ContentMismatch": ("forge.core.oci.registry", "ContentMismatch"),
     # bringing images in and out

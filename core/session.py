@@ -6,7 +6,6 @@ CLI, ``forge.testing`` and benchmarks drive builds the same way.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,14 +15,14 @@ from typing import Any
 import blake3
 
 from forge.core.action_cache import ActionCache
-from forge.core.actions import Action, canonical_json
+from forge.core.actions import Action
 from forge.core.analysis import Analyzer, action_graph
 from forge.core.attach import attach_actions, materialized
 from forge.core.cas import CAS
 from forge.core.digests import FileDigests
 from forge.core.errors import UsageError
 from forge.core.execution import Outcome, Scheduler
-from forge.core.fsutil import write_atomic
+from forge.core.keys_record import KeysRecord
 from forge.core.labels import Label, parse_pattern
 from forge.core.loading import Loader
 from forge.core.options import BuildOptions
@@ -172,10 +171,8 @@ class Session:
         return self.workspace.out_dir / ".forge" / "keys.json"
 
     def previous_keys(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.keys_file.read_bytes())
-        except (FileNotFoundError, ValueError):
-            return {}
+        """What the last builds keyed (``forge-out/.forge/keys.json``, core/keys_record.py)."""
+        return KeysRecord(self.keys_file).load()
 
     # -- build ------------------------------------------------------------------------
     def remote_caches(self) -> list[Any]:
@@ -211,19 +208,7 @@ class Session:
         return summaries, outcomes
 
     def _save_keys(self, manifests: dict[str, Any]) -> None:
-        if not manifests:
-            return
-        previous = self.previous_keys()
-        merged = dict(previous)
-        for ident, record in manifests.items():
-            old = previous.get(ident)
-            if old is not None and old.get("key") != record["key"]:
-                record = {**record, "previous": {k: old[k] for k in ("key", "manifest", "deps") if k in old}}
-            elif old is not None and "previous" in old:
-                record = {**record, "previous": old["previous"]}
-            merged[ident] = record
-        if merged != previous:
-            write_atomic(self.keys_file, canonical_json(merged))
+        KeysRecord(self.keys_file).save(manifests)
 
     def _summarize(self, target: ConfiguredTarget, outcomes: dict[Action, Outcome]) -> TargetSummary:
         default = target.get(DefaultInfo)

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import networkx as nx
-
-from forge.core.actions import Action, ActionResult, compute_key
-from forge.core.analysis import action_graph
+from forge.core.actions import Action
 from forge.core.errors import ForgeError, did_you_mean
 from forge.core.explain import diff_manifests
 from forge.core.registry import RuleRegistry
@@ -70,27 +67,20 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
     ``compute_key``, its dependencies' results read from the action cache by their keys.
     An action whose dependency is not cached would rebuild, and so is not keyed. The
     status of each action's last build (keys.json) tells a failed run from a lost result."""
-    from forge.core.execution import shown_manifest
+    from forge.core.dryrun import WAITS, WOULD_RUN, plan
 
-    targets, _ = session.analyze([text])
-    graph = action_graph(targets)
     previous = session.previous_keys()
-    results: dict[Action, ActionResult] = {}
-    unknown: set[Action] = set()
-    for action in nx.lexicographical_topological_sort(graph, key=lambda a: a.id):
+    # the walk of `forge aquery`, local cache only: one keyed walk for both views
+    for item in plan(session, [text], remote=False):
+        action, key, manifest = item.action, item.key, item.manifest
         flag = "" if action.hermetic else "  [non-hermetic: uses the network]"
         head = f"{action_name(action)}{flag}"
-        if any(d in unknown for d in action.deps):
-            unknown.add(action)
+        if item.would == WAITS:
             yield f"{head}: would rebuild (a dependency would rebuild)"
             continue
-        keyed = compute_key(action, session.file_digests, results)
-        key, manifest = keyed.key, shown_manifest(keyed.manifest)
         old = previous.get(action.id)
         dep_names = [action_name(d) for d in action.deps]
-        hit = session.action_cache.lookup(key)
-        if hit is not None:
-            results[action] = hit
+        if item.would != WOULD_RUN:
             if old and old.get("key") == key and old.get("status") == "built" and old.get("previous"):
                 reasons = diff_manifests(old["previous"]["manifest"], manifest, dep_names)
                 yield f"{head}: up to date; it rebuilt last time because:"
@@ -98,7 +88,6 @@ def explain_target(session: Session, text: str) -> Iterator[str]:
             else:
                 yield f"{head}: up to date (cached, key {key[:12]})"
             continue
-        unknown.add(action)
         reasons = diff_manifests(old["manifest"] if old else None, manifest, dep_names)
         if old and old.get("status") == "failed":  # it ran and failed: nothing was recorded
             log = session.log_path(action)

@@ -553,13 +553,15 @@ class DockerExecutor(forge.Executor):
             image = reproducible(rc, image, base)
         # The engine may label a cross-built image with the host's architecture; the
         # platform we built for is the truth (the "labelled amd64, contains aarch64" bug).
-        image = forge.with_config(image, platform=platform, epoch=rc.epoch)
-        if early is not None and early[0].config_digest != image.config_digest:
-            rc.log(f"forge's early config {early[0].config_digest} is not the result's")
+        # The early put already made that config from the engine's: reuse it.
+        if early is not None:
+            image = forge.oci.assemble_image(early[0].config_bytes, image.layers)
+        else:
+            image = forge.with_config(image, platform=platform, epoch=rc.epoch)
         # That changes the config digest. The engine gets forge's image (its config alone:
         # the layers are there), early when the engine's store is readable, else when
-        # something asks for it (the next step of a chain, --load). The builder's own image is the engine's build cache: tagged
-        # forge-build:<forge's config hex>, so it is forge's to collect with the result
+        # something asks for it (the next step of a chain, --load). The builder's own image
+        # is the engine's build cache: tagged forge-build:<forge's config hex>, so it is forge's to collect with the result
         # (`forge clean --engine`, `forge cache gc`), not an anonymous leftover.
         client.api.tag(image_id, BUILD_REPO, tag=image.config_digest.split(":")[1])
         rc.log(f"engine→CAS {forge.human_size(rc.counters.get('engine_to_cas_bytes', 0))} "

@@ -114,6 +114,11 @@ class Action:
     epoch: int | None = None  # in the key when set: the SOURCE_DATE_EPOCH the action writes
     executor: str | None = None  # not in the key: where it runs does not change what it makes
     hermetic: bool = True  # in the key: a non-hermetic result is never shared as hermetic
+    # not in the key (BuildKit's rule: a secret or an SSH agent is a credential, not an
+    # input; a build that bakes one into its output is wrong): (id, source) pairs, a
+    # source being a path or env:NAME, and the SSH agent ids to forward. Never logged.
+    secrets: tuple[tuple[str, str], ...] = ()
+    ssh: tuple[str, ...] = ()
     index: int = 0  # position among its target's actions; names it in explain
     description: str = ""
     materialize: Callable[..., None] | None = field(default=None, repr=False)
@@ -139,6 +144,8 @@ def make_action(**kwargs: Any) -> Action:
     kwargs["params_json"] = _freeze_params(params)
     kwargs["inputs"] = tuple(kwargs.get("inputs", ()))
     kwargs["deps"] = tuple(kwargs.get("deps", ()))
+    kwargs["secrets"] = tuple(sorted(dict(kwargs.get("secrets", ())).items()))
+    kwargs["ssh"] = tuple(kwargs.get("ssh", ()))
     return Action(**kwargs)
 
 

@@ -52,6 +52,7 @@ class Analyzer:
         self.overrides = list(overrides or [])  # --set / --build-arg, applied before analysis
         self.seen: list[TargetDef] = []  # every target read, for check_used
         self.configured: dict[Label, ConfiguredTarget] = {}
+        self.warnings: list[str] = []  # from ctx.warn, in analysis order
         self._stack: list[Label] = []
 
     def analyze(self, label: Label, referrer: str = "") -> ConfiguredTarget:
@@ -117,6 +118,7 @@ class Analyzer:
                 f"{target.location}: rule {target.rule.name} failed on {label}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        self.warnings.extend(ctx.warnings)
         providers = {type(p): p for p in returned}
         if DefaultInfo not in providers and ctx.actions:
             providers[DefaultInfo] = DefaultInfo(ctx.actions[-1])

@@ -25,6 +25,7 @@ class Attr:
     doc: str = ""
     example: str = ""
     values: tuple[str, ...] = ()
+    fields: tuple[tuple[str, Attr], ...] = ()  # struct_dict: the attributes of each entry
 
     @property
     def mandatory(self) -> bool:
@@ -113,6 +114,62 @@ def _string_dict(attr: Attr, v: Any, pkg: str, where: str) -> Any:
     return dict(v)
 
 
+def _label_dict(attr: Attr, v: Any, pkg: str, where: str) -> Any:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise _fail(where, "a dict of string to label", v)
+    return {k: _label(attr, x, pkg, f"{where}[{k!r}]") for k, x in v.items()}
+
+
+def _struct_dict(attr: Attr, v: Any, pkg: str, where: str) -> Any:
+    """name -> {field: value}, each field checked by its own attribute (missing: default)."""
+    from forge.core.errors import did_you_mean
+
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items()):
+        raise _fail(where, "a dict of name to dict", v)
+    fields = dict(attr.fields)
+    out = {}
+    for name, entry in v.items():
+        at = f"{where}[{name!r}]"
+        for key in entry:
+            if key not in fields:
+                raise AttributeError_(f"{at}: unknown key '{key}'{did_you_mean(key, fields)}; "
+                                      f"valid keys: {', '.join(fields)}")
+        out[name] = {key: (fields[key].coerce(entry[key], pkg, f"{at}[{key!r}]") if key in entry
+                           else fields[key].default_value()) for key in fields}
+    return out
+
+
+@dataclass(frozen=True)
+class ContextDir:
+    """A build context directory, workspace-relative ("" is the workspace root)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"//{self.path}"
+
+
+def _context(attr: Attr, v: Any, pkg: str, where: str) -> Any:
+    """A directory (package-relative, or //dir from the workspace root) or a label of a
+    target that provides files (a filegroup)."""
+    import posixpath
+
+    if v is None and attr.default is None:
+        return None
+    if not isinstance(v, str) or not v:
+        raise _fail(where, "a directory ('.', 'docker', '//', '//third-party') or a label", v)
+    if ":" in v:
+        return parse_label(v, pkg)
+    if v.startswith("/") and not v.startswith("//"):
+        raise AttributeError_(f"{where} = {v!r}: an absolute path; use a package-relative "
+                              "directory or //dir from the workspace root")
+    joined = v[2:] if v.startswith("//") else posixpath.join(pkg, v)
+    path = posixpath.normpath(joined) if joined else "."
+    if path == ".." or path.startswith("../"):
+        raise AttributeError_(f"{where} = {v!r} is outside the workspace")
+    return ContextDir("" if path == "." else path)
+
+
 def _platform(attr: Attr, v: Any, pkg: str, where: str) -> Any:
     if v is None:
         return None
@@ -133,6 +190,9 @@ _COERCERS = {
     "string_list": _string_list,
     "sources": _sources,
     "string_dict": _string_dict,
+    "label_dict": _label_dict,
+    "struct_dict": _struct_dict,
+    "context": _context,
     "platform": _platform,
 }
 
@@ -168,6 +228,23 @@ def sources(default: Any = MISSING, doc: str = "", example: str = "") -> Attr:
 
 def string_dict(default: Any = MISSING, doc: str = "", example: str = "") -> Attr:
     return Attr("string_dict", default, doc, example)
+
+
+def label_dict(default: Any = MISSING, doc: str = "", example: str = "") -> Attr:
+    """name -> label (e.g. build-arg name -> image target); every label is a dependency."""
+    return Attr("label_dict", default, doc, example)
+
+
+def struct_dict(fields: dict[str, Attr], default: Any = MISSING, doc: str = "",
+                example: str = "") -> Attr:
+    """name -> {field: value}, each field checked by its attribute in ``fields``; labels
+    in it are dependencies."""
+    return Attr("struct_dict", default, doc, example, fields=tuple(fields.items()))
+
+
+def context(default: Any = None, doc: str = "", example: str = "") -> Attr:
+    """A build context: a directory (``ContextDir``) or a label of a files target."""
+    return Attr("context", default, doc, example)
 
 
 def platform(default: Any = None, doc: str = "", example: str = "") -> Attr:

@@ -74,8 +74,16 @@ class RunContext:
 
     def __init__(self, action: Action, results: dict[Action, ActionResult], cas: CAS,
                  executors: Callable[[str], Any], log: Callable[[str], None],
-                 warn: Callable[[str], None], cancelled: threading.Event):
+                 warn: Callable[[str], None], cancelled: threading.Event,
+                 options: Any = None):
         self.action = action
+        # The one unkeyed thing a run function gets, by BuildKit's rule: credentials are
+        # not inputs. The target's secrets (id -> path or env:NAME) under --secret's,
+        # and the SSH agents of the target and --ssh. Sources only: never their values.
+        self.secrets: dict[str, str] = {**dict(action.secrets),
+                                        **dict(getattr(options, "secrets", ()) or ())}
+        self.ssh: tuple[str, ...] = tuple(dict.fromkeys(
+            (*action.ssh, *(getattr(options, "ssh", ()) or ()))))
         self.cas: CAS = cas
         self.params = action.params
         self.platform = action.platform
@@ -371,7 +379,7 @@ class Scheduler:
             self.hooks.forge_action_log(action=action, line=line)
 
         ctx = RunContext(action, self.results, self.cas, self.session.executor, log,
-                         self._warn, self.cancelled)
+                         self._warn, self.cancelled, options=self.session.options)
         self.hooks.forge_action_started(action=action)
         try:
             self._prepare_platform(action)

@@ -19,6 +19,8 @@ KNOWN = {
     "keep_going": "-k: go on after a failure",
     "platform": "--platform: the default platform",
     "overrides": "--set / --build-arg, parsed (core/overrides.py)",
+    "secrets": "--secret id=ID,src=PATH|env=NAME: (id, source) pairs for every Dockerfile step",
+    "ssh": "--ssh ID[=SOCKET]: SSH agents forwarded to every Dockerfile step",
     "remote_cache_url": "--remote-cache",
     "remote_cache_write": "--remote-cache-write",
     "no_remote_cache": "--no-remote-cache",
@@ -83,6 +85,14 @@ class BuildOptions(Mapping[str, Any]):
     @property
     def overrides(self) -> tuple[Any, ...]:
         return tuple(self.get("overrides") or ())
+
+    @property
+    def secrets(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.get("secrets") or ())
+
+    @property
+    def ssh(self) -> tuple[str, ...]:
+        return tuple(self.get("ssh") or ())
 
     @property
     def remote_cache_required(self) -> bool:

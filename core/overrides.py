@@ -74,6 +74,45 @@ def parse_build_arg(text: str) -> Override:
     return Override("*", "build_args", name, value, f"--build-arg {text}")
 
 
+def secret_source(value: str, where: str, base: str | None = None) -> str:
+    """A secret's source as forge keeps it: ``env:NAME`` or an absolute path (``~``
+    expanded; a relative path is taken from ``base``, else the current directory).
+    Only where the secret is, never its value."""
+    import os
+
+    if value.startswith("env:"):
+        name = value[4:]
+        if not name or not name.replace("_", "a").isalnum():
+            raise UsageError(f"{where}: env:{name} is not an environment variable name")
+        return value
+    if not value:
+        raise UsageError(f"{where}: a secret needs a source (a file path or env:NAME)")
+    path = os.path.expanduser(value)
+    return os.path.abspath(os.path.join(base or os.getcwd(), path))
+
+
+def parse_secret(text: str) -> tuple[str, str]:
+    """``--secret id=ID,src=PATH`` | ``id=ID,env=NAME`` (buildx's spelling; ``source=``
+    and ``type=file|env`` accepted) -> (id, source)."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UsageError(f"--secret {text!r}: expected id=ID,src=PATH or id=ID,env=NAME")
+        fields[key.strip().lower()] = value.strip()
+    unknown = sorted(set(fields) - {"id", "src", "source", "env", "type"})
+    if unknown:
+        raise UsageError(f"--secret: unknown field '{unknown[0]}'"
+                         f"{did_you_mean(unknown[0], ['id', 'src', 'env', 'type'])}")
+    ident = fields.get("id", "")
+    if not ident:
+        raise UsageError(f"--secret {text!r}: id= is missing")
+    src = fields.get("src") or fields.get("source")
+    if fields.get("type") == "env" or "env" in fields:
+        return ident, secret_source(f"env:{fields.get('env') or src or ident}", "--secret")
+    return ident, secret_source(src or "", f"--secret id={ident}")
+
+
 def apply(target: TargetDef, overrides: list[Override]) -> TargetDef:
     """``target`` with the overrides that name it applied (checked by each attribute)."""
     mine = [o for o in overrides if o.matches(target)]

@@ -8,6 +8,7 @@ results exist only at execution), never results.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from forge.core.actions import Action
 from forge.core.platforms import Platform
@@ -46,3 +47,12 @@ class IndexInfo:
 
     action: Action
     platforms: tuple[Platform, ...] = field(default=())
+
+
+@provider
+class FilesInfo:
+    """Source files a target names (``filegroup``): the files, keyed by their path in
+    ``package``, and that package (a Dockerfile context rooted there reads them)."""
+
+    files: tuple[Any, ...]  # SourceFile, package-relative
+    package: str

@@ -43,6 +43,28 @@ class Rule:
         raise NotImplementedError
 
 
+def labels_in(value: Any) -> list[Label]:
+    """Every label in an attribute value (a label, or inside lists and dicts), in order."""
+    if isinstance(value, Label):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [label for v in value for label in labels_in(v)]
+    if isinstance(value, dict):
+        return [label for v in value.values() for label in labels_in(v)]
+    return []
+
+
+def resolve_labels(value: Any, deps: dict[Label, Any]) -> Any:
+    """The value with every label replaced by its configured target."""
+    if isinstance(value, Label):
+        return deps[value]
+    if isinstance(value, list | tuple):
+        return [resolve_labels(v, deps) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve_labels(v, deps) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class TargetDef:
     """A target as the BUILD file declared it: rule, checked attributes, location."""
@@ -56,14 +78,10 @@ class TargetDef:
     def deps(self) -> list[tuple[str, Label]]:
         """Every (attribute, label) this target depends on, in attribute order."""
         out: list[tuple[str, Label]] = []
-        for name, attr in self.rule.attrs.items():
+        for name in self.rule.attrs:
             value = self.attrs.get(name)
-            if value is None:
-                continue
-            if attr.kind == "label":
-                out.append((name, value))
-            elif attr.kind == "label_list":
-                out.extend((name, v) for v in value)
+            if value is not None:
+                out.extend((name, label) for label in labels_in(value))
         return out
 
 
@@ -119,14 +137,10 @@ class AnalysisContext:
         # made by hand, which checks no name and knows only the default)
         self._executors = executors
         self.actions: list[Action] = []
+        self.warnings: list[str] = []  # said once analysis is done (ctx.warn)
         values: dict[str, Any] = {}
-        for name, attr in target.rule.attrs.items():
-            value = target.attrs.get(name)
-            if attr.kind == "label" and value is not None:
-                value = deps[value]
-            elif attr.kind == "label_list":
-                value = [deps[v] for v in value]
-            values[name] = value
+        for name in target.rule.attrs:
+            values[name] = resolve_labels(target.attrs.get(name), deps)
         values["name"] = target.label.name
         self.attr = SimpleNamespace(**values)
 
@@ -218,8 +232,43 @@ class AnalysisContext:
         ``follow=True`` (files whose content the action reads): the link is followed, the
         target must be inside the workspace, and the content is what enters the key.
         """
+        return self._files(str(self.package_dir), relpaths, attr, follow)
+
+    def workspace_files(self, relpaths: Iterable[str], *, attr: str = "context",
+                        follow: bool = False) -> list[SourceFile]:
+        """Files anywhere in the workspace, by workspace-relative path (a build context
+        that spans packages, as a Dockerfile's does), sandbox-checked like ``files``; the
+        key names them by that path."""
+        return self._files(self.workspace_root, relpaths, attr, follow)
+
+    def tree(self, directory: str) -> list[str]:
+        """Every file and symlink under a workspace-relative directory ("" = the root),
+        as paths relative to it, sorted; ``.git`` directories and the workspace's
+        ``forge-out`` are never part of it. Symlinked directories are not entered."""
+        top = os.path.join(self.workspace_root, directory) if directory else self.workspace_root
+        real = os.path.realpath(top)
+        self._check_inside("context", directory or "//", real)
+        if not os.path.isdir(real):
+            raise self.fail(f"attribute 'context': //{directory} is not a directory")
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel = os.path.relpath(dirpath, top)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            keep = []
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                if d == ".git" or (not directory and not rel and d == "forge-out"):
+                    continue
+                if os.path.islink(full):
+                    out.append(rel + d)
+                else:
+                    keep.append(d)
+            dirnames[:] = sorted(keep)
+            out.extend(rel + f for f in filenames)
+        return sorted(out)
+
+    def _files(self, base: str, relpaths: Iterable[str], attr: str, follow: bool) -> list[SourceFile]:
         out = []
-        base = str(self.package_dir)
         resolved_dirs: dict[str, str] = {}
         for rel in relpaths:
             rel = self._relative(rel, attr)
@@ -256,12 +305,16 @@ class AnalysisContext:
         timestamps: bool = False,
         description: str = "",
         materialize: Callable[..., None] | None = None,
+        secrets: dict[str, str] | None = None,
+        ssh: Iterable[str] = (),
     ) -> Action:
         """Declare an action; the last one declared is the target's default output.
 
         ``run`` must be a module-level function: it receives only what is declared here.
         ``timestamps=True`` says the action writes times (layer mtimes, a config's
         ``created``): the build's epoch then enters its key and ``rc.epoch`` gives it.
+        ``secrets`` (id -> a path or ``env:NAME``) and ``ssh`` (agent ids) reach the run
+        function as ``rc.secrets`` / ``rc.ssh`` and never enter the key.
         """
         action = make_action(
             label=self.label,
@@ -278,9 +331,16 @@ class AnalysisContext:
             index=len(self.actions),
             description=description,
             materialize=materialize,
+            secrets=secrets or {},
+            ssh=tuple(ssh),
         )
         self.actions.append(action)
         return action
+
+    def warn(self, message: str) -> None:
+        """A warning about this target (e.g. an args file nothing reads), said with its
+        BUILD location when analysis is done; the build goes on."""
+        self.warnings.append(f"{self.location}: {self.label}: {message}")
 
     def fail(self, message: str) -> AnalysisError:
         """An analysis error located at this target's BUILD line."""

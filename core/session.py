@@ -152,6 +152,8 @@ class Session:
                             bool(self.workspace.section("build")["reproducible"]),
                             self.executor_selection, overrides)
         targets = [analyzer.analyze(label) for label in self.resolve(patterns)]
+        for message in dict.fromkeys(analyzer.warnings):
+            self.reporter.warning(message)
         if overrides:
             from forge.core.overrides import check_used
 

@@ -63,6 +63,8 @@ _LAZY = {
     "ImageInfo": ("forge.core.providers", "ImageInfo"),
     "IndexInfo": ("forge.core.providers", "IndexInfo"),
     "LayerInfo": ("forge.core.providers", "LayerInfo"),
+    "FilesInfo": ("forge.core.providers", "FilesInfo"),
+    "ContextDir": ("forge.core.attrs", "ContextDir"),
     "provider": ("forge.core.providers", "provider"),
     "AnalysisContext": ("forge.core.rule", "AnalysisContext"),
     "ConfiguredTarget": ("forge.core.rule", "ConfiguredTarget"),
@@ -82,6 +84,7 @@ _LAZY = {
     "RemoteEntryInvalid": ("forge.core.errors", "RemoteEntryInvalid"),
     "UsageError": ("forge.core.errors", "UsageError"),
     "did_you_mean": ("forge.core.errors", "did_you_mean"),
+    "secret_source": ("forge.core.overrides", "secret_source"),
     # contracts for executor and remote cache plugins
     "Executor": ("forge.contracts", "Executor"),
     "BuildOptions": ("forge.core.options", "BuildOptions"),
@@ -127,6 +130,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from forge.contracts import Executor, LazyRemoteCache, RemoteCache  # noqa: F401
     from forge.core import attrs as attr  # noqa: F401
     from forge.core.actions import Action, ActionResult, SourceFile  # noqa: F401
+    from forge.core.attrs import ContextDir  # noqa: F401
     from forge.core.canonical import canonical_json  # noqa: F401
     from forge.core.cas import CAS, Descriptor  # noqa: F401
     from forge.core.errors import (  # noqa: F401
@@ -166,6 +170,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     )
     from forge.core.options import BuildOptions  # noqa: F401
     from forge.core.platforms import Platform, parse_platform  # noqa: F401
-    from forge.core.providers import DefaultInfo, ImageInfo, IndexInfo, LayerInfo, provider  # noqa: F401
+    from forge.core.providers import (  # noqa: F401
+        DefaultInfo,
+        FilesInfo,
+        ImageInfo,
+        IndexInfo,
+        LayerInfo,
+        provider,
+    )
     from forge.core.rule import AnalysisContext, ConfiguredTarget, Rule  # noqa: F401
     from forge.core.workspace import Workspace  # noqa: F401

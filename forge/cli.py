@@ -230,6 +230,12 @@ PROGRESS = ("auto", "tty", "plain", "json")
 @click.option("--set", "sets", multiple=True, metavar="TARGET.ATTR=VALUE",
               help="Override an attribute, as bake's --set: '//app:img.target=prod', "
                    "'*.build_args.V=2' (repeatable).")
+@click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=PATH|env=NAME",
+              help="A secret for RUN --mount=type=secret in every Dockerfile step; never in "
+                   "a key, a log or --json (repeatable).")
+@click.option("--ssh", "ssh", multiple=True, metavar="ID[=SOCKET]",
+              help="Forward an SSH agent (default: $SSH_AUTH_SOCK) to RUN --mount=type=ssh "
+                   "(repeatable; not in keys).")
 @click.option("--load", is_flag=True, help="Load built single-platform images into the Docker engine.")
 @click.option("--tag", help="Tag for --load (default forge/<pkg>/<name>:latest).")
 @click.option("--push", "push_ref", metavar="REF", help="Push the built image or index to REF.")
@@ -239,17 +245,18 @@ PROGRESS = ("auto", "tty", "plain", "json")
 @click.option("--remote-cache-required", is_flag=True, help="Fail instead of warning when the remote cache fails.")
 @click.pass_context
 def build(ctx, patterns, jobs, keep_going, platform, as_json, progress, no_cache, dry_run,
-          build_args, sets, load, tag, push_ref, remote_cache, remote_cache_write, no_remote_cache,
-          remote_cache_required) -> None:
+          build_args, sets, secrets, ssh, load, tag, push_ref, remote_cache, remote_cache_write,
+          no_remote_cache, remote_cache_required) -> None:
     """Build the targets matched by PATTERNS (//pkg:name, //pkg:all, //pkg/..., //...)."""
     from forge.core.execution import raise_for_failures
-    from forge.core.overrides import parse_build_arg, parse_set
+    from forge.core.overrides import parse_build_arg, parse_secret, parse_set
 
     overrides = [*(parse_build_arg(b) for b in build_args), *(parse_set(s) for s in sets)]
     options = dict(
         jobs=jobs, keep_going=keep_going or None, remote_cache_url=remote_cache,
         remote_cache_write=remote_cache_write, no_remote_cache=no_remote_cache or None,
         remote_cache_required=remote_cache_required or None, overrides=overrides or None,
+        secrets=tuple(parse_secret(x) for x in secrets) or None, ssh=tuple(ssh) or None,
     )
     platforms = [p.strip() for p in (platform or "").split(",") if p.strip()] or [None]
     if dry_run:

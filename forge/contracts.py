@@ -38,7 +38,8 @@ class Executor(Protocol):
     ``rc.executor(rc.action.executor)``.
     """
 
-    def build(self, rc: RunContext, *, package_dir: Path, base: Image | None) -> Image:
+    def build(self, rc: RunContext, *, package_dir: Path, base: Image | None,
+              images: dict[str, Image] | None = None) -> Image:
         """Called from a worker thread to build one Dockerfile step.
 
         :param rc: the action's run context. ``rc.params`` holds ``dockerfile`` and
@@ -47,6 +48,12 @@ class Executor(Protocol):
             build for. Nothing else may be read: it is what the key covers.
         :param package_dir: the directory the context paths are relative to.
         :param base: the image passed as the ``BASE_IMAGE`` build argument, or None.
+        :param images: more images, by build-argument name (``PRODUCTION_IMAGE``), each
+            passed as that argument as ``base`` is. ``rc.secrets`` (id -> path or
+            ``env:NAME``) and ``rc.ssh`` (agent ids) are for ``RUN --mount=type=secret``
+            and ``type=ssh``; they are not in the key and must never be logged. The
+            automatic platform args (``TARGETPLATFORM``, ``TARGETARCH``…) must be set to
+            ``rc.platform``.
         :returns: the built image, stored in ``rc.cas``, its config's platform set to
             ``rc.platform``. Raises ``forge.ActionFailed`` when the build fails and
             ``forge.ExecutorError`` when the runtime cannot be reached.

@@ -42,13 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import forge
+from forge.plugins import buildkit
 from forge.plugins import docker_transfer as transfer
 
 START_HINT = (
     "start one with `scripts/services.sh` (as root: `dockerd --bridge=none --iptables=false &`), "
     "or point DOCKER_HOST at a running engine"
 )
-_KEYS = ("hosts", "pools", "transfer")
+_KEYS = ("hosts", "pools", "transfer", "builder", "cli")
+_BUILDERS = ("auto", "buildkit", "classic")
 _MEMBER_KEYS = ("url", "capacity")
 HINTS_FILE = "engine-hints.json"  # action id -> the engine URL that ran it last
 BASE_REPO = "forge-base"  # forge's images, named by config digest
@@ -122,6 +124,22 @@ def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str, dict[forg
                                 f"transfer = {mode!r}; valid: {', '.join(_TRANSFERS)}")
     pools = _pools(workspace, table.get("pools", {}), hosts)
     return {forge.parse_platform(k): v for k, v in hosts.items()}, mode, pools
+
+
+def _builder_settings(workspace: Any) -> tuple[str, str | None]:
+    """``[executors.docker] builder`` (auto | buildkit | classic) and ``cli`` (the
+    docker CLI whose BuildKit client runs builds; default: found on PATH)."""
+    table = workspace.section("executors").get("docker", {})
+    builder = table.get("builder", "auto")
+    if builder not in _BUILDERS:
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'builder')}: [executors.docker] "
+                                f"builder = {builder!r}; valid: {', '.join(_BUILDERS)}"
+                                f"{forge.did_you_mean(str(builder), _BUILDERS)}")
+    cli = table.get("cli")
+    if cli is not None and (not isinstance(cli, str) or not cli):
+        raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'cli')}: [executors.docker] "
+                                "cli should be the path of a docker CLI")
+    return builder, cli
 
 
 class Member:
@@ -217,6 +235,9 @@ class DockerExecutor(forge.Executor):
     def __init__(self, workspace: Any):
         self.workspace = workspace
         self.hosts, self.transfer, pools = _settings(workspace)
+        self.builder, self.cli = _builder_settings(workspace)
+        self._buildkit: tuple[buildkit.Client | None, list[str]] | None = None
+        self._engine_info: dict[str, dict[str, Any]] = {}
         self._down: dict[str, str] = {}  # engine URL -> why it is down (for the process)
         self.pools: dict[forge.Platform | None, Pool] = {
             platform: Pool(platform, [Member(url, capacity) for url, capacity in members], self._down)
@@ -286,6 +307,47 @@ class DockerExecutor(forge.Executor):
     def version(self, platform: forge.Platform | None = None, host: str | None = None) -> str:
         info = self.client(platform, host).version()
         return f"{info.get('Version')} ({info.get('Os')}/{info.get('Arch')})"
+
+    def engine_info(self, host: str) -> dict[str, Any]:
+        """The engine's ``version`` answer (Version, Os, Arch, ApiVersion), asked once."""
+        with self._lock:
+            info = self._engine_info.get(host)
+        if info is None:
+            info = self.client(None, host).version()
+            with self._lock:
+                self._engine_info[host] = info
+        return info
+
+    def buildkit_client(self) -> tuple[buildkit.Client | None, list[str]]:
+        """The CLI that runs BuildKit builds here (found once), and what was tried."""
+        with self._lock:
+            if self._buildkit is None:
+                self._buildkit = buildkit.find_client(self.cli)
+            return self._buildkit
+
+    def builder_for(self, rc: forge.RunContext, host: str) -> str:
+        """``buildkit`` or ``classic`` for a build on ``host``: the setting, and with
+        ``auto`` BuildKit wherever the engine has it (API 1.39+) and a client is found."""
+        if self.builder == "classic":
+            return "classic"
+        client, tried = self.buildkit_client()
+        api = str(self.engine_info(host).get("ApiVersion", "0"))
+        has = tuple(int(x) for x in re.findall(r"\d+", api)[:2]) >= (1, 39)
+        if client is not None and has:
+            return "buildkit"
+        why = ("no BuildKit client: " + "; ".join(tried)) if client is None else \
+            f"the engine at {host} (API {api}) has no BuildKit"
+        if self.builder == "buildkit":
+            raise forge.ExecutorError(f"[executors.docker] builder = \"buildkit\", but {why}; "
+                                      "install the docker-buildx plugin or a docker.io CLI older "
+                                      "than 23.0, or set [executors.docker] cli")
+        with self._lock:
+            first = "builder" not in self._warned
+            self._warned.add("builder")
+        if first:
+            rc.warn(f"building with the classic builder ({why}): BuildKit syntax (RUN --mount, "
+                    "COPY --chmod, heredocs) will be refused")
+        return "classic"
 
     # -- images in and out ---------------------------------------------------------------
     def _lock_for(self, image: Any, host: str) -> threading.Lock:
@@ -403,7 +465,7 @@ class DockerExecutor(forge.Executor):
             return None
         try:
             config_bytes = store.config_bytes(image_id)
-            diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
+            diff_ids = json.loads(config_bytes)["rootfs"].get("diff_ids") or []
         except (transfer.EngineStoreError, ValueError, KeyError, TypeError):
             return None
         # with_config rewrites the config alone: stand-in layers give its exact bytes
@@ -464,7 +526,8 @@ class DockerExecutor(forge.Executor):
                 tmp.unlink(missing_ok=True)
 
     # -- builds --------------------------------------------------------------------------
-    def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any) -> Any:
+    def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any,
+              images: dict[str, Any] | None = None) -> Any:
         """Run the step on a member of the platform's pool (base holder, then the hinted
         engine, then the least loaded); an engine that stops answering is marked down
         and the step is built again from scratch on another member."""
@@ -479,7 +542,8 @@ class DockerExecutor(forge.Executor):
                 rc.log(f"engine: {member.url}")
                 rc.note("engine", member.url)
                 rc.note("engine_started", f"{time.time():.4f}")  # the wall clock it got the engine
-                image = self._build_on(rc, member.url, package_dir=package_dir, base=base)
+                image = self._build_on(rc, member.url, package_dir=package_dir, base=base,
+                                       images=images or {})
             except Exception as exc:
                 if not pool.configured or rc.cancelled.is_set() or _answers(member.url):
                     raise  # a failing step on a live engine, or the only engine there is
@@ -499,23 +563,14 @@ class DockerExecutor(forge.Executor):
             self._remember(rc.action.id, member.url)
             return image
 
-    def _build_on(self, rc: forge.RunContext, host: str, *, package_dir: Path, base: Any) -> Any:
-        p = rc.params
-        platform = rc.platform
-        client = self.client(platform, host)
-        args = dict(p["build_args"])
-        if base is not None:
-            args["BASE_IMAGE"] = self.ensure_loaded(rc, client, base, host)
-        root = p.get("context_root", "")
-        context = build_context(package_dir, root, [p["dockerfile"], *p["context"]],
-                                follow={p["dockerfile"]})
-        rel_dockerfile = p["dockerfile"][len(root) + 1:] if root else p["dockerfile"]
-        rc.log(f"docker build -f {rel_dockerfile} ({len(p['context'])} context files) on "
-               f"{host} for {platform}")
+    def _classic(self, rc: forge.RunContext, client: Any, context: io.BytesIO, rel_dockerfile: str,
+                 args: dict[str, str], network: str) -> str:
+        """One build on the engine's classic builder (docker-py's build API); the image ID."""
+        p, platform = rc.params, rc.platform
         stream = client.api.build(
             fileobj=context, custom_context=True, dockerfile=rel_dockerfile, buildargs=args,
             target=p["target"], platform=str(platform) if platform else None,
-            network_mode="host" if p["network"] else "none", rm=True, forcerm=True,
+            network_mode=network, rm=True, forcerm=True,
             decode=True, pull=False,
         )
         image_id = None
@@ -543,6 +598,48 @@ class DockerExecutor(forge.Executor):
                                    f"    {detail}\n  last output:\n    {last}")
         if image_id is None:
             raise forge.ActionFailed(f"{rel_dockerfile}: the engine reported no image ID")
+        return image_id
+
+    def _build_on(self, rc: forge.RunContext, host: str, *, package_dir: Path, base: Any,
+                  images: dict[str, Any]) -> Any:
+        p = rc.params
+        platform = rc.platform
+        client = self.client(platform, host)
+        builder = self.builder_for(rc, host)
+        info = self.engine_info(host)
+        root = p.get("context_root", "")
+        rel_dockerfile = tar_name(p["dockerfile"], root)
+        text = (package_dir / p["dockerfile"]).read_text(errors="replace")
+        problems = buildkit.frontend_problems(text, _display(rc), builder=builder,
+                                              engine_version=str(info.get("Version", "")))
+        if problems:
+            raise forge.ActionFailed("\n".join(problems))
+        args = dict(p["build_args"])
+        if base is not None:
+            args["BASE_IMAGE"] = self.ensure_loaded(rc, client, base, host)
+        for name, image in sorted(images.items()):
+            args[name] = self.ensure_loaded(rc, client, image, host)
+        context = build_context(package_dir, root, [p["dockerfile"], *p["context"]],
+                                follow={p["dockerfile"]})
+        rc.log(f"docker build -f {rel_dockerfile} ({len(p['context'])} context files) on "
+               f"{host} for {platform} ({builder})")
+        rc.note("builder", builder)
+        network = "host" if p["network"] else "none"
+        if builder == "buildkit":
+            bk, _ = self.buildkit_client()
+            assert bk is not None
+            image_id = buildkit.run_build(
+                bk, host=host, context=context, dockerfile=rel_dockerfile, build_args=args,
+                target=p["target"], platform=str(buildkit.spelled(platform)) if platform else None,
+                network=network, syntax=buildkit.syntax_directive(text), display=_display(rc),
+                secrets=rc.secrets, ssh=rc.ssh, iidfile=rc.tempdir() / "iid", log=rc.log,
+                cancelled=rc.cancelled)
+        else:
+            # BuildKit sets the platform args itself; the classic builder gets them as
+            # build args (a Dockerfile reads them only where it declares ARG TARGETARCH…)
+            engine_platform = f"{info.get('Os', 'linux')}/{info.get('Arch', 'amd64')}"
+            args = {**buildkit.platform_args(platform, engine_platform), **args}
+            image_id = self._classic(rc, client, context, rel_dockerfile, args, network)
         early = None if p.get("reproducible") else self._put_early(rc, client, image_id, host)
         try:
             image = self.export(rc, client, image_id, base, host)
@@ -640,6 +737,19 @@ def engine_ref(image: Any) -> str:
     return f"{BASE_REPO}/{image.config_digest.split(':')[1][:32]}:latest"
 
 
+def _display(rc: forge.RunContext) -> str:
+    """The Dockerfile as the user names it: from the workspace root."""
+    rel, package = rc.params["dockerfile"], rc.action.label.package
+    source = next((f for f in rc.action.inputs if f.relpath == rel), None)
+    root = source.abspath[: len(source.abspath) - len(rel)].rstrip("/") if source else ""
+    return f"{package}/{rel}" if package and root.endswith("/" + package) else rel
+
+
+def tar_name(rel: str, root: str) -> str:
+    """A context file's path in the context (relative to its root when under it)."""
+    return rel[len(root) + 1:] if root and rel.startswith(root + "/") else rel
+
+
 def build_context(package_dir: Path, root: str, relpaths: list[str],
                   follow: set[str] = frozenset()) -> io.BytesIO:
     """A deterministic tar of exactly the declared files, paths relative to ``root``;
@@ -648,7 +758,7 @@ def build_context(package_dir: Path, root: str, relpaths: list[str],
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for rel in sorted(dict.fromkeys(relpaths)):
             path = package_dir / rel
-            name = rel[len(root) + 1:] if root and rel.startswith(root + "/") else rel
+            name = tar_name(rel, root)
             source = os.path.realpath(path) if rel in follow else str(path)
             info = tf.gettarinfo(source, arcname=name)
             info.mtime = 0
@@ -676,7 +786,13 @@ def forge_doctor_checks(session: Any) -> list[Any]:
         executor = session.executor("docker")
     except Exception as exc:  # noqa: BLE001
         return [forge.DoctorCheck("docker executor", False, str(exc))]
-    checks = []
+    client, tried = executor.buildkit_client()
+    checks = [forge.DoctorCheck(
+        "BuildKit client", client is not None or executor.builder == "classic",
+        (f"{client.describe()}; builder = {executor.builder}" if client else
+         "none: " + "; ".join(tried) + "; Dockerfile steps use the classic builder (no RUN --mount, "
+         "COPY --chmod, heredocs); install docker-buildx or a docker.io CLI older than 23.0"),
+        needed=executor.builder == "buildkit")]
     hosts = {None: executor.host_for(None), **dict(executor.hosts.items())}
     for platform, url in hosts.items():
         name = f"engine {url}" + (f" ({platform})" if platform else "")

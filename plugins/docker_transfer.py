@@ -194,7 +194,8 @@ def _finish(cas: Any, config_bytes: bytes, layers: list[Any]) -> Any:
 
 def _diff_ids(config_bytes: bytes, image_id: str) -> list[str]:
     try:
-        return list(json.loads(config_bytes)["rootfs"]["diff_ids"])
+        rootfs = json.loads(config_bytes)["rootfs"]
+        return list(rootfs.get("diff_ids") or []) if "type" in rootfs else list(rootfs["diff_ids"])
     except (ValueError, KeyError, TypeError):
         raise EngineStoreError(f"config {image_id} has no rootfs.diff_ids") from None
 

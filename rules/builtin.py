@@ -18,6 +18,7 @@ RULE_MODULES = (
     ("forge.rules.minimize", "Minimize"),
     ("forge.rules.production", "Production"),
     ("forge.rules.delta", "ImageDeltaRule"),
+    ("forge.rules.filegroup", "FileGroup"),
 )
 
 

@@ -14,11 +14,14 @@ action's ``executor``; like the engine, it is not in the key.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import forge
 from forge import attr
+from forge.rules.args_files import orphan_args_files, platform_spellings
+from forge.rules.dockerfile_context import apply_dockerignore, context_use, read_dockerignore
 from forge.rules.dockerfile_refs import check_image_references
 
 CHAIN_FILE = re.compile(r"^(\d+)-Dockerfile-(.+)$")
@@ -38,13 +41,34 @@ EXECUTOR_ATTR = attr.string(
     "the platform, then [build] executor); not in the key",
     example='executor = "podman"')
 
+CONTEXT_ATTR = attr.context(
+    doc="the build context: a directory (package-relative, or //dir from the workspace root; "
+        "its .dockerignore applied) or a filegroup label; each step's key holds only the "
+        "context files its COPY/ADD/RUN --mount=type=bind can read",
+    example='context = "//"')
+IMAGES_ATTR = attr.label_dict(
+    default={}, doc="more images the Dockerfile names, build-arg name -> image target, loaded "
+    "into the engine as BASE_IMAGE is (FROM ${PRODUCTION_IMAGE} AS no-deps)",
+    example='images = {"PRODUCTION_IMAGE": ":slim-amd64"}')
+SECRETS_ATTR = attr.string_dict(
+    default={}, doc="secrets for RUN --mount=type=secret,id=ID: id -> a file path (package-"
+    "relative, absolute or ~) or env:NAME; never in the key, the logs or --json",
+    example='secrets = {"pip": "env:PIP_TOKEN"}')
+SSH_ATTR = attr.string_list(
+    default=[], doc="SSH agents forwarded to RUN --mount=type=ssh (\"default\": $SSH_AUTH_SOCK); "
+    "not in the key", example='ssh = ["default"]')
+
 DOCKERFILE_ATTRS = {
     "dockerfile": attr.string(default="Dockerfile", doc="package-relative Dockerfile path",
                               example='dockerfile = "docker/Dockerfile.app"'),
-    "srcs": attr.sources(default=[], doc="the build context: package files COPY may read",
-                         example='srcs = glob(["app/**"])'),
+    "srcs": attr.sources(default=[], doc="the build context when `context` is not set: package "
+                         "files COPY may read", example='srcs = glob(["app/**"])'),
+    "context": CONTEXT_ATTR,
     "base": attr.label(default=None, doc="image target passed as BASE_IMAGE",
                        example='base = ":stock-amd64"'),
+    "images": IMAGES_ATTR,
+    "secrets": SECRETS_ATTR,
+    "ssh": SSH_ATTR,
     "build_args": attr.string_dict(default={}, doc="build arguments",
                                    example='build_args = {"VERSION": "1.2"}'),
     "args_file": attr.string(default=None, doc="file of KEY=VALUE lines added to build_args",
@@ -80,14 +104,61 @@ def parse_args_file(path: Path, display: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """A target's build context: ``entries`` maps each path as the Dockerfile sees it
+    (relative to the context root) to its input path, in ``space`` ("package": inputs
+    relative to the package, as ``srcs``; "workspace": relative to the workspace root, for
+    a ``context`` that may span packages); ``root`` is the context root in that space."""
+
+    space: str
+    root: str
+    entries: dict[str, str]
+    ignore: tuple[str, ...] = ()  # the .dockerignore patterns applied (for explain)
+    checked: tuple[Any, ...] = ()  # package space: every entry as a sandbox-checked SourceFile
+
+
+def build_context_of(ctx: forge.AnalysisContext, context: Any, legacy: list[str],
+                     legacy_root: str = "") -> BuildContext:
+    """The context a target's steps read: its ``context`` attribute (a directory or a
+    filegroup), else the package files ``legacy`` (``srcs``, and a chain's folder) rooted
+    at ``legacy_root``. The root's ``.dockerignore`` applies in every case."""
+    if isinstance(context, forge.ContextDir):
+        files = ctx.tree(context.path)
+        root, space = context.path, "workspace"
+        names = {f: f"{root}/{f}" if root else f for f in files}
+        ignore_dir = Path(ctx.workspace_root) / root
+    elif context is not None:
+        info = context.get(forge.FilesInfo)
+        if info is None:
+            raise ctx.fail(f"context = {context.label}: not a filegroup (it provides no files); "
+                           "use a filegroup target or a directory")
+        root, space = info.package, "workspace"
+        names = {f.relpath: f"{root}/{f.relpath}" if root else f.relpath for f in info.files}
+        ignore_dir = Path(ctx.workspace_root) / root
+    else:
+        root, space = legacy_root, "package"
+        names = {(rel[len(root) + 1:] if root and rel.startswith(root + "/") else rel): rel
+                 for rel in dict.fromkeys(legacy)}
+        ignore_dir = Path(ctx.package_dir) / root
+    patterns = read_dockerignore(ignore_dir)
+    kept = apply_dockerignore(names, patterns) if patterns else list(names)
+    entries = {name: names[name] for name in kept if name != ".dockerignore"}
+    # every declared file is checked now (exists, inside the sandbox), read by a step or not
+    checked = tuple(ctx.files(list(dict.fromkeys(legacy)))) if space == "package" else ()
+    return BuildContext(space, root, entries, tuple(patterns), checked)
+
+
 def declare_build(
-    ctx: forge.AnalysisContext, *, dockerfile: str, context: list[str], base: Any,
+    ctx: forge.AnalysisContext, *, dockerfile: str, context: BuildContext, base: Any,
     build_args: dict[str, str], args_file: str | None, target: str | None, network: bool,
-    platform: forge.Platform, description: str, executor: str, context_root: str = "",
-    reproducible: bool = False,
+    platform: forge.Platform, description: str, executor: str, reproducible: bool = False,
+    images: dict[str, Any] | None = None, secrets: dict[str, str] | None = None,
+    ssh: list[str] | None = None, uses_base: bool | None = None,
 ) -> forge.Action:
     """Declare one DockerBuild action (shared by both rules) on the executor named
-    ``executor`` (from ``ctx.select_executor``)."""
+    ``executor`` (from ``ctx.select_executor``). ``uses_base``: True when the Dockerfile
+    must build on ``base`` (a chain step), False when it may ignore it."""
     args = dict(build_args)
     if args_file:
         # Parsed here, so its values are params (in the key, and what the engine gets); the
@@ -97,32 +168,72 @@ def declare_build(
     base_action = None
     if base is not None:
         base_action = base if isinstance(base, forge.Action) else base[forge.ImageInfo].action
-    # The Dockerfile is read (its content keyed, through a symlink if it is one); context
-    # files are sent as they are (a symlink stays a symlink).
+    image_actions = {name: (dep if isinstance(dep, forge.Action) else dep[forge.ImageInfo].action)
+                     for name, dep in sorted((images or {}).items())}
+    if "BASE_IMAGE" in image_actions:
+        raise ctx.fail("images = {'BASE_IMAGE': ...}: BASE_IMAGE is `base`; set base instead")
+    # The Dockerfile is read (its content keyed, through a symlink if it is one).
     dockerfile_path = ctx.source_path(dockerfile, "dockerfile")
-    files = ctx.files([dockerfile], attr="dockerfile", follow=True) + ctx.files(
-        [c for c in dict.fromkeys(context) if c != dockerfile])
-    # Every image the Dockerfile names must be BASE_IMAGE, a stage, scratch or pinned by
-    # digest: the Dockerfile text and build args are in the key, so a pinned digest is too,
-    # and nothing unpinned can reach the engine (which would ask Docker Hub).
     display = f"{ctx.label.package}/{dockerfile}" if ctx.label.package else dockerfile
-    refs = check_image_references(
-        dockerfile_path.read_text(errors="replace"), display,
-        build_args=args, has_base=base_action is not None)
+    text = dockerfile_path.read_text(errors="replace")
+    # Every image the Dockerfile names must be BASE_IMAGE, an `images` arg, a stage,
+    # scratch or pinned by digest: the Dockerfile text and build args are in the key, so a
+    # pinned digest is too, and nothing unpinned can reach the engine (it would ask Docker Hub).
+    refs = check_image_references(text, display, build_args=args, has_base=base_action is not None,
+                                  image_args=frozenset(image_actions))
     if target is not None and target.lower() not in refs.stages:
         raise ctx.fail(f"target = {target!r} is not a stage of {display} "
                        f"(stages: {', '.join(s for s in refs.stages if s) or 'none named'})")
+    if uses_base and base_action is not None and not refs.uses_base:
+        raise ctx.fail(
+            f"{display}: no FROM uses ${{BASE_IMAGE}}, so this step would not build on the one "
+            f"before it and the chain would break here; write FROM ${{BASE_IMAGE}}, or opt out: "
+            f"steps = {{\"{Path(dockerfile).name}\": {{\"uses_base\": False}}}}")
+    # Only the context files the Dockerfile can read are inputs (BuildKit keys a COPY by
+    # what it copies): an edit elsewhere in the context re-runs nothing.
+    use = context_use(text, display, build_args=args, context_files=sorted(context.entries))
+    chosen = [context.entries[name] for name in use.files]
+    if context.space == "workspace":
+        package = ctx.label.package
+        dockerfile_rel = f"{package}/{dockerfile}" if package else dockerfile
+        files = ctx.workspace_files([dockerfile_rel], attr="dockerfile", follow=True) + \
+            ctx.workspace_files([c for c in chosen if c != dockerfile_rel])
+    else:
+        dockerfile_rel = dockerfile
+        by_path = {f.relpath: f for f in context.checked}
+        files = ctx.files([dockerfile], attr="dockerfile", follow=True) + [
+            by_path[c] for c in chosen if c != dockerfile]
+    deps = [*([base_action] if base_action else []), *image_actions.values()]
+    first = 1 if base_action else 0
     return ctx.action(
         "DockerBuild", build_dockerfile,
-        inputs=files, deps=[base_action] if base_action else [], platform=platform,
+        inputs=files, deps=deps, platform=platform,
         executor=executor, hermetic=not network,
         timestamps=True,  # the result's config `created` is the build's epoch
-        params={"dockerfile": dockerfile, "context": sorted(context), "build_args": args,
-                "target": target, "network": network, "context_root": context_root,
-                # only when on, so the keys of every other step stay what they were
-                **({"reproducible": True} if reproducible else {})},
+        params={"dockerfile": dockerfile_rel, "context": sorted(chosen), "build_args": args,
+                "target": target, "network": network, "context_root": context.root,
+                # only when set, so the keys of every other step stay what they were
+                **({"reproducible": True} if reproducible else {}),
+                **({"images": {n: first + i for i, n in enumerate(image_actions)}}
+                   if image_actions else {}),
+                # why the key is wider than it might be: forge explain says it
+                **({"key_notes": list(use.notes)} if use.whole else {})},
         description=description, materialize=forge.materialize_image,
+        secrets=_secrets(ctx, secrets or {}), ssh=list(ssh or []),
     )
+
+
+def _secrets(ctx: forge.AnalysisContext, secrets: dict[str, str]) -> dict[str, str]:
+    """id -> env:NAME or an absolute path (package-relative paths from the package)."""
+    out = {}
+    for ident, source in secrets.items():
+        if not ident or "," in ident or "=" in ident:
+            raise ctx.fail(f"secrets: {ident!r} is not a secret id (no ',' or '=')")
+        try:
+            out[ident] = forge.secret_source(source, f"secrets[{ident!r}]", str(ctx.package_dir))
+        except forge.UsageError as exc:
+            raise ctx.fail(str(exc)) from None
+    return out
 
 
 class Dockerfile(forge.Rule):
@@ -134,7 +245,8 @@ class Dockerfile(forge.Rule):
         a = ctx.attr
         platform = forge.image_platform(ctx, a.base)
         action = declare_build(
-            ctx, dockerfile=a.dockerfile, context=list(a.srcs), base=a.base,
+            ctx, dockerfile=a.dockerfile, context=build_context_of(ctx, a.context, list(a.srcs)),
+            base=a.base, images=a.images, secrets=a.secrets, ssh=a.ssh,
             build_args=a.build_args, args_file=a.args_file, target=a.target, network=a.network,
             platform=platform, description=a.dockerfile + (f" --target {a.target}" if a.target else ""),
             executor=ctx.select_executor(a.executor, platform),
@@ -150,14 +262,33 @@ Every file is its own action: editing file 40 rebuilds 40 onward only. The conte
 each step is the other files of `dir` (not the Dockerfiles or args files) plus `srcs`.
 """
 
+STEP_FIELDS = {
+    "target": attr.string(default=None, doc="stage to stop at"),
+    "network": attr.boolean(default=None, doc="network for this step (default: the chain's)"),
+    "build_args": attr.string_dict(default={}, doc="build args over the chain's and the args file's"),
+    "images": attr.label_dict(default={}, doc="more images, as `images`"),
+    "uses_base": attr.boolean(default=True, doc="False: this step starts afresh (its FROM "
+                              "does not use BASE_IMAGE) and the chain goes on from it"),
+}
+
 CHAIN_ATTRS = {
     "dir": attr.string(doc="package-relative directory of numbered Dockerfiles",
                        example='dir = "graphics"'),
     "base": attr.label(default=None, doc="image target the first file builds on",
                        example='base = ":stock-aarch64"'),
-    "srcs": attr.sources(default=[], doc="extra package files added to every step's context"),
+    "srcs": attr.sources(default=[], doc="extra package files added to every step's context "
+                         "(when `context` is not set)"),
+    "context": CONTEXT_ATTR,
+    "images": IMAGES_ATTR,
+    "steps": attr.struct_dict(
+        STEP_FIELDS, default={}, doc="per-step settings by file name: target, network, "
+        "build_args, images, uses_base",
+        example='steps = {"30-Dockerfile-make": {"network": False}}'),
+    "secrets": SECRETS_ATTR,
+    "ssh": SSH_ATTR,
     "build_args": attr.string_dict(default={}, doc="build arguments for every step"),
-    "network": attr.boolean(default=False, doc="allow network access in RUN (non-hermetic)"),
+    "network": attr.boolean(default=False, doc="allow network access in RUN (non-hermetic); "
+                            "per step: steps = {...: {\"network\": ...}}"),
     "reproducible": attr.boolean(default=None, doc="clamp every step's new layers' mtimes and "
                                  "history to SOURCE_DATE_EPOCH (default: [build] reproducible)"),
     "executor": EXECUTOR_ATTR,
@@ -176,8 +307,7 @@ def chain_files(directory: Path) -> list[tuple[int, str, str]]:
 
 
 def args_file_for(directory: Path, descriptor: str, platform: forge.Platform) -> str | None:
-    for spelling in dict.fromkeys((platform.short, platform.architecture, platform.debian_arch,
-                                   platform.uname_machine)):
+    for spelling in platform_spellings(platform):
         candidate = f"{descriptor}-{spelling}-args"
         if (directory / candidate).is_file():
             return candidate
@@ -199,21 +329,34 @@ class DockerfileChain(forge.Rule):
         if len(set(numbers)) != len(numbers):
             raise ctx.fail(f"two files share a number in {a.dir}/: {[f for _, _, f in steps]}")
         platform = forge.image_platform(ctx, a.base)
-        context = sorted(
+        legacy = sorted(
             f"{a.dir}/{p.relative_to(directory)}" for p in directory.rglob("*")
             if p.is_file() and not CHAIN_FILE.match(p.name) and not p.name.endswith("-args")
         ) + list(a.srcs)
+        context = build_context_of(ctx, a.context, legacy, legacy_root=a.dir.strip("/"))
+        files = [f for _, _, f in steps]
+        for name in a.steps:
+            if name not in files:
+                raise ctx.fail(f"steps: {name!r} is not a Dockerfile in {a.dir}/"
+                               f"{forge.did_you_mean(name, files)}; the steps: {', '.join(files)}")
+        for warning in orphan_args_files(directory, [d for _, d, _ in steps], display=a.dir):
+            ctx.warn(warning)
         executor = ctx.select_executor(a.executor, platform)
         previous: Any = a.base
         action = None
         for _number, descriptor, fname in steps:
             args_file = args_file_for(directory, descriptor, platform)
+            step = a.steps.get(fname, {})
+            network = a.network if step.get("network") is None else step["network"]
             action = declare_build(
                 ctx, dockerfile=f"{a.dir}/{fname}", context=context, base=previous,
-                build_args=a.build_args, args_file=f"{a.dir}/{args_file}" if args_file else None,
-                target=None, network=a.network, platform=platform, description=fname,
-                executor=executor, context_root=a.dir.strip("/"),
+                images={**a.images, **(step.get("images") or {})},
+                build_args={**a.build_args, **(step.get("build_args") or {})},
+                args_file=f"{a.dir}/{args_file}" if args_file else None,
+                target=step.get("target"), network=network, platform=platform,
+                description=fname, executor=executor, secrets=a.secrets, ssh=a.ssh,
                 reproducible=ctx.reproducible if a.reproducible is None else a.reproducible,
+                uses_base=step.get("uses_base", True),
             )
             previous = action
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]
@@ -221,7 +364,11 @@ class DockerfileChain(forge.Rule):
 
 def build_dockerfile(rc: forge.RunContext) -> forge.ActionResult:
     """Run the build on the action's executor and bring the image back into the CAS."""
-    base = forge.dep_image(rc, rc.action.deps[0]) if rc.action.deps else None
+    images = {name: forge.dep_image(rc, rc.action.deps[i])
+              for name, i in rc.params.get("images", {}).items()}
+    first = min(rc.params.get("images", {}).values(), default=len(rc.action.deps))
+    base = forge.dep_image(rc, rc.action.deps[0]) if first > 0 else None
     engine = rc.executor(rc.action.executor)
-    image = engine.build(rc, package_dir=rc.source(), base=base)
+    kwargs = {"images": images} if images else {}
+    image = engine.build(rc, package_dir=rc.source(), base=base, **kwargs)
     return forge.image_result(rc, image)

@@ -26,6 +26,13 @@ from typing import Any
 
 import forge
 from forge import attr
+from forge.rules.args_files import (
+    MinimizeArgs,
+    find_minimize_args,
+    image_path_problem,
+    platform_spellings,
+    read_minimize_args,
+)
 
 DOC = """Harvest what a production image needs from a build image, without running it.
 
@@ -41,6 +48,12 @@ and `report.json`: for every file, the pattern that requested it or the file tha
 it, through which soname, search directory and rule. `forge query why LABEL PATH` prints
 the chain. A needed library that is not in the image fails the action with the list of
 file -> soname (or warns with `missing = "warn"`).
+
+`args` reads Atom's `minimize-<platform>-args` (a file, or the folder that holds one per
+platform; the build image's platform picks it): comma lists of ADDITIONAL_LIB_LOCATIONS
+(added to `additional_lib_locations`), ADDITIONAL_FILES (added to `additional_files`) and
+PRODUCTION_PACKAGES (installed by a `production` of this target, with its own `packages`).
+The file is parsed at analysis: its values are in the key, its comments and layout are not.
 """
 
 # Atom's defaults: its build scripts put everything they build under /usr/local, the
@@ -71,6 +84,12 @@ ATTRS = {
         default=[], doc="globs of dlopen()ed plugins: copied, and their own needs harvested "
                         "(each must match)",
         example='additional_lib_locations = ["/usr/lib/x86_64-linux-gnu/dri/*.so"]'),
+    "args": attr.string(
+        default=None,
+        doc="Atom's minimize args file, or a folder holding minimize-<platform>-args (the build "
+            "image's platform picks it): ADDITIONAL_LIB_LOCATIONS and ADDITIONAL_FILES are added "
+            "to the attributes of those names, PRODUCTION_PACKAGES go to production",
+        example='args = "graphics"'),
     "exclude": attr.string_list(
         default=[], doc="fnmatch patterns (`*` crosses `/`) of paths left out, with everything "
                         "under them; a needed library left out is reported, not an error",
@@ -100,12 +119,14 @@ FILE, DIR, SYMLINK = "file", "dir", "symlink"  # entry kinds, as forge.core.elf.
 @forge.provider
 class MinimizeInfo:
     """A minimize target: its action (outputs ``layer`` and ``report``), the platform of
-    the image it read, and the production base it was fitted to (if any)."""
+    the image it read, the production base it was fitted to (if any), and the Debian
+    packages its args file asks the production image for (PRODUCTION_PACKAGES)."""
 
     action: forge.Action
     platform: forge.Platform
     image: forge.Label
     production_base: forge.Label | None = None
+    packages: tuple[str, ...] = ()
 
 
 class Minimize(forge.Rule):
@@ -117,13 +138,22 @@ class Minimize(forge.Rule):
         a = ctx.attr
         for attr_name in ("paths", "additional_files", "additional_lib_locations"):
             for i, pattern in enumerate(getattr(a, attr_name)):
-                if not pattern.startswith("/") or ".." in pattern.split("/"):
+                if image_path_problem(pattern):
                     raise ctx.fail(f"{attr_name}[{i}] = {pattern!r} should be an absolute path "
                                    "or glob in the image, like '/usr/local/bin'")
         for i, pattern in enumerate(a.exclude):
             if not pattern.strip("/"):
                 raise ctx.fail(f"exclude[{i}] = {pattern!r} would exclude everything")
         info = a.image[forge.ImageInfo]
+        files, lib_locations, packages = list(a.additional_files), list(a.additional_lib_locations), ()
+        if a.args is not None:
+            args = read_args(ctx, a.args, info.platform)
+            # Parsed here: the values are params (in the key), the file's bytes are not an
+            # input, so a comment or reordered line re-runs nothing. PRODUCTION_PACKAGES do
+            # not change the harvest, so they stay out of this key (production keys them).
+            files = list(dict.fromkeys([*files, *args.files]))
+            lib_locations = list(dict.fromkeys([*lib_locations, *args.lib_locations]))
+            packages = args.packages
         deps = [info.action]
         base_label = None
         if a.production_base is not None:
@@ -137,8 +167,8 @@ class Minimize(forge.Rule):
             # Layer mtimes are the build's epoch, so it is part of the output (timestamps).
             "Minimize", harvest_action, deps=deps, platform=info.platform, timestamps=True,
             params={
-                "paths": a.paths, "additional_files": a.additional_files,
-                "additional_lib_locations": a.additional_lib_locations, "exclude": a.exclude,
+                "paths": a.paths, "additional_files": files,
+                "additional_lib_locations": lib_locations, "exclude": a.exclude,
                 # The defaults describe Atom's images; a path one image lacks is not an
                 # error there, while a list the user wrote is checked.
                 "strict_paths": a.paths != DEFAULT_PATHS,
@@ -148,8 +178,22 @@ class Minimize(forge.Rule):
             description=f"from {a.image.label}" + (f" for {base_label}" if base_label else ""),
             materialize=materialize_minimize,
         )
-        return [MinimizeInfo(action, info.platform, a.image.label, base_label),
+        return [MinimizeInfo(action, info.platform, a.image.label, base_label, packages),
                 forge.LayerInfo(action), forge.DefaultInfo(action)]
+
+
+def read_args(ctx: forge.AnalysisContext, rel: str, platform: forge.Platform) -> MinimizeArgs:
+    """The parsed ``args`` file: ``rel`` itself, or the folder's ``minimize-<platform>-args``."""
+    display = f"{ctx.label.package}/{rel.strip('/')}" if ctx.label.package else rel.strip("/")
+    if not rel.startswith("/") and (Path(ctx.package_dir) / rel).is_dir():
+        directory = ctx.source_path(rel, "args", kind="dir")
+        name = find_minimize_args(directory, platform)
+        if name is None:
+            looked = ", ".join(f"minimize-{s}-args" for s in platform_spellings(platform))
+            raise ctx.fail(f"args = {rel!r}: {display}/ has no minimize args file for the build "
+                           f"image's platform {platform} (looked for {looked})")
+        rel, display = f"{rel.rstrip('/')}/{name}", f"{display}/{name}"
+    return read_minimize_args(ctx.source_path(rel, "args"), display)
 
 
 # -- the action -----------------------------------------------------------------------------

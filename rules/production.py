@@ -10,11 +10,11 @@ directly on the base (see ``Production.analyze`` for why it comes before the lay
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import forge
 from forge import attr
+from forge.rules.args_files import DEBIAN_PACKAGE
 from forge.rules.dockerfile import EXECUTOR_ATTR
 from forge.rules.minimize import MinimizeInfo
 
@@ -30,7 +30,8 @@ ld.so.cache does not list them), then the base's. `env` overrides any of it.
 Without `packages` nothing runs: the digest depends only on the inputs. With `packages`,
 the install runs on an executor (docker by default; see `executor`) with the network (so
 that step is non-hermetic); it is keyed on the base and the package list only, so a new
-application layer never re-runs apt-get.
+application layer never re-runs apt-get. The `minimized` target's PRODUCTION_PACKAGES (from
+its `args` file, as in Atom) are installed too, after `packages`, each once.
 """
 
 ATTRS = {
@@ -57,9 +58,6 @@ ATTRS = {
 PATH_PREFIX = ("/opt/venv/bin", "/usr/local/bin")
 LIBRARY_PATH_PREFIX = ("/usr/local/lib",)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# dpkg's package name rules, plus the =version and :arch apt-get accepts; anything else
-# (spaces, quotes, $) would be shell in the RUN line.
-_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 
 
 class Production(forge.Rule):
@@ -79,26 +77,29 @@ class Production(forge.Rule):
                            f"{minimized.production_base}, not to base {a.base.label}: libraries "
                            "the other base provides would be missing here")
         for i, package in enumerate(a.packages):
-            if not _PACKAGE.match(package):
+            if not DEBIAN_PACKAGE.match(package):
                 raise ctx.fail(f"packages[{i}] = {package!r} is not a Debian package name "
                                "(name, name=version or name:arch)")
+        # Ours, then the minimize args file's PRODUCTION_PACKAGES (checked when it was read):
+        # one list, first occurrence kept, so naming a package in both installs it once.
+        packages = list(dict.fromkeys([*a.packages, *minimized.packages]))
         # Checked whenever given, used only for the packages step (the rest runs nothing).
-        executor = ctx.select_executor(a.executor, platform) if a.packages or a.executor else None
+        executor = ctx.select_executor(a.executor, platform) if packages or a.executor else None
         base_action = a.base[forge.ImageInfo].action
         history = [f"forge minimize {a.minimized.label}"]
-        if a.packages:
+        if packages:
             # Installed on the base, before the layer: the step's key is then the base and
             # the package list, so changing the application (the layer) never re-runs
             # apt-get, and the harvested files win over packaged ones at the same path.
-            text = packages_dockerfile(a.packages)
+            text = packages_dockerfile(packages)
             base_action = ctx.action(
                 "ProductionPackages", install_packages, deps=[base_action], platform=platform,
                 executor=executor, hermetic=False, timestamps=True,
                 # the params forge.Executor.build reads, plus the generated Dockerfile itself
                 params={"dockerfile": "Dockerfile", "dockerfile_text": text, "context": [],
                         "build_args": {}, "target": None, "network": True, "context_root": "",
-                        "packages": list(a.packages)},
-                description=f"apt-get install {' '.join(a.packages)}",
+                        "packages": packages},
+                description=f"apt-get install {' '.join(packages)}",
                 materialize=forge.materialize_image,
             )
         action = ctx.action(
@@ -111,7 +112,7 @@ class Production(forge.Rule):
                 "check_fit": minimized.production_base is None,
             },
             description=f"{a.minimized.label} on {a.base.label}" +
-                        (f" + {len(a.packages)} package(s)" if a.packages else ""),
+                        (f" + {len(packages)} package(s)" if packages else ""),
             materialize=forge.materialize_image,
         )
         return [forge.ImageInfo(action, platform), forge.DefaultInfo(action)]

@@ -368,7 +368,7 @@ def test_docker_failures_show_the_decisive_lines_and_explain_names_the_step(forg
     assert "libgpg-error0" not in pip["error"]  # the step before is not this failure
     assert Path(pip["log"]).name == "01-DockerBuild.log"
     parse = failed["//app:parse#DockerBuild.0"]
-    assert parse["error"].startswith("Dockerfile.parse: dockerfile parse error"), parse["error"]
+    assert parse["error"].startswith("app/Dockerfile.parse:3: dockerfile parse error"), parse["error"]
     assert "unknown instruction: form" in parse["error"].lower()
     assert "http+docker" not in out.stdout + out.stderr and secret not in out.stdout + out.stderr
     explained = ws.run("explain", "//app:chain").assert_success().stdout

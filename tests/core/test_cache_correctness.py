@@ -204,6 +204,8 @@ EVERY_RULE = {
         'image(name = "img", base = ":base", layers = [":data"])\n'
         'image_index(name = "idx", images = [":img"])\n'
         'dockerfile(name = "df", base = ":base", srcs = ["a.txt"])\n'
+        'filegroup(name = "ctx", srcs = ["a.txt", "Dockerfile"])\n'
+        'dockerfile(name = "df2", base = ":base", context = ":ctx")\n'
         'dockerfile_chain(name = "chain", dir = "chain", base = ":base")\n'
         'debootstrap(name = "deb", suite = "bookworm", platform = "amd64")\n'
         'minimize(name = "min", image = ":df", paths = ["/bin"])\n'

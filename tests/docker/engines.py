@@ -111,6 +111,18 @@ class Engine:
             self.process.kill()
             self.process.wait(STOP_TIMEOUT)
 
+    def running_build(self) -> bool:
+        """Whether a build step runs on this engine now: a container of the classic
+        builder, or a BuildKit step (dockerd runs BuildKit's ``runc`` as its own child)."""
+        if self.client.api.containers():
+            return True
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid and "runc" in stat.read_text().split(")")[0]:
+                    return True
+        return False
+
     def image_ids(self) -> set[str]:
         return {row["Id"] for row in self.client.api.images(all=True)}
 

@@ -215,7 +215,7 @@ def test_killed_engine_reruns_its_actions_elsewhere_with_the_same_digests(
         proc = forge_process(ws, "build", "//app:all", "-j", "6", "--json")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
-            if victim.client.api.containers():  # its first build's RUN is running
+            if victim.running_build():  # its first build's RUN is running
                 break
             time.sleep(0.1)
         assert proc.poll() is None, "the build ended before the victim ran anything"

@@ -78,7 +78,12 @@ def test_each_step_moves_its_new_layers_only_and_load_sends_nothing(forge_worksp
 
 def test_engine_pruned_between_builds_gets_only_what_it_lacks(forge_workspace, docker_client):
     nonce = uuid.uuid4().hex
-    ws = busybox_ws(forge_workspace, chain_files(nonce, megabytes=1))
+    # the classic builder: BuildKit's build cache keeps a step's layers in the engine after
+    # its images are removed (nothing would be lost), and a test never prunes the shared
+    # engine's build cache
+    ws = busybox_ws(forge_workspace, {
+        **chain_files(nonce, megabytes=1),
+        "WORKSPACE.toml": '[workspace]\nname = "ws"\n[executors.docker]\nbuilder = "classic"\n'})
     first = ws.run("build", "//app:chain", "--json").assert_success()
     for img in ws_images(docker_client):  # the test's own images (never anybody else's)
         for t in img.tags:

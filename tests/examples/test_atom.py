@@ -141,6 +141,29 @@ def test_editing_one_graphics_dockerfile_rebuilds_from_it(examples):
     assert build(examples, *GRAPHICS).executed() == []
 
 
+def test_a_source_at_the_repository_root_rebuilds_the_step_that_copies_it(examples):
+    """Every step's context is the workspace root (Atom's `docker build ../.`), and each
+    step is keyed on the files its COPY reads: graphics 10 copies atom-hello.c."""
+    build(examples, *GRAPHICS)
+    source = examples.root / "languages/c/atom-hello/atom-hello.c"
+    original = source.read_text()
+    source.write_text(original + f"/* edited {uuid.uuid4().hex} */\n")
+    try:
+        out = build(examples, *GRAPHICS)
+        assert out.executed() == sorted(
+            f"//atom:graphics-{p}#DockerBuild.{i}" for p in ("amd64", "aarch64") for i in (0, 1, 2))
+        # a file no step copies, and a file the root .dockerignore drops: nothing runs
+        (examples.root / "languages/c/NOTES.txt").write_text("notes\n")
+        (examples.root / "languages/c/atom-hello/atom-hello.o").write_text("object\n")
+    finally:
+        source.write_text(original)
+    try:
+        assert build(examples, *GRAPHICS).executed() == []
+    finally:
+        (examples.root / "languages/c/NOTES.txt").unlink()
+        (examples.root / "languages/c/atom-hello/atom-hello.o").unlink()
+
+
 def test_fleet_builds_in_parallel_and_pushes_an_index(examples, fleet):
     registry = require_registry()
     build(examples, "//atom:base-amd64", "//atom:base-aarch64")
@@ -184,3 +207,6 @@ def test_production_images_are_slim_and_run(examples):
             "/opt/venv", "1.2.13"]
         assert client.containers.run(ref, ["sh", "-c", "command -v gcc || echo none"],
                                      remove=True).decode().strip() == "none"
+        # graphics/minimize-<platform>-args: ADDITIONAL_FILES=/etc/atom came along
+        assert "GL_DRIVER=" in client.containers.run(ref, ["cat", "/etc/atom/graphics.env"],
+                                                     remove=True).decode()

@@ -62,6 +62,8 @@ def atomic_writer(path: Path, mode: str = "wb", *, fsync: bool = False,
 
 
 def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temp file renamed over it);
+    ``exclusive``: keep an existing ``path`` and raise FileExistsError."""
     with atomic_writer(path, exclusive=exclusive) as fh:
         fh.write(data)
 

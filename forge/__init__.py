@@ -53,6 +53,7 @@ _LAZY = {
     "PlainReporter": ("forge.core.report", "PlainReporter"),
     "DoctorCheck": ("forge.core.doctor", "Check"),
     "human_size": ("forge.core.report", "human_size"),
+    "write_atomic": ("forge.core.fsutil", "write_atomic"),
     "raise_for_failures": ("forge._documented", "raise_for_failures"),
     "Label": ("forge.core.labels", "Label"),
     "parse_label": ("forge.core.labels", "parse_label"),

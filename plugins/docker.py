@@ -130,7 +130,9 @@ def _builder_settings(workspace: Any) -> tuple[str, str | None]:
     """``[executors.docker] builder`` (auto | buildkit | classic) and ``cli`` (the
     docker CLI whose BuildKit client runs builds; default: found on PATH)."""
     table = workspace.section("executors").get("docker", {})
-    builder = table.get("builder", "auto")
+    # FORGE_DOCKER_BUILDER: the default for workspaces that do not choose (a CI matrix
+    # runs the suite on both builders with it)
+    builder = table.get("builder", os.environ.get("FORGE_DOCKER_BUILDER") or "auto")
     if builder not in _BUILDERS:
         raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'builder')}: [executors.docker] "
                                 f"builder = {builder!r}; valid: {', '.join(_BUILDERS)}"
@@ -518,12 +520,8 @@ class DockerExecutor(forge.Executor):
             if path is None:
                 return
             merged = {**self._read_hints(path), action_id: host}
-            tmp = path.with_name(f".{HINTS_FILE}.{os.getpid()}.{threading.get_ident()}")
             with contextlib.suppress(OSError):  # a hint that cannot be kept fails nothing
-                tmp.write_text(json.dumps(merged, sort_keys=True, indent=0))
-                os.replace(tmp, path)
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+                forge.write_atomic(path, json.dumps(merged, sort_keys=True, indent=0).encode())
 
     # -- builds --------------------------------------------------------------------------
     def build(self, rc: forge.RunContext, *, package_dir: Path, base: Any,

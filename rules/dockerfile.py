@@ -243,7 +243,9 @@ class Dockerfile(forge.Rule):
 
     def analyze(self, ctx: forge.AnalysisContext) -> list[Any]:
         a = ctx.attr
-        platform = forge.image_platform(ctx, a.base)
+        # no base: the platform of the first named image (utilities/02's PRODUCTION_IMAGE)
+        platform = forge.image_platform(
+            ctx, a.base if a.base is not None else next(iter(a.images.values()), None))
         action = declare_build(
             ctx, dockerfile=a.dockerfile, context=build_context_of(ctx, a.context, list(a.srcs)),
             base=a.base, images=a.images, secrets=a.secrets, ssh=a.ssh,

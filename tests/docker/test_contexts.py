@@ -10,7 +10,9 @@ pytestmark = pytest.mark.integration
 # The Atom layout: the BUILD file in docker/, the context the repository root, each step
 # ADDing its own part of the tree.
 ATOM_LIKE = {
-    ".dockerignore": "**/*.o\nbuild-output/\n",
+    # Atom's own root .dockerignore: everything out, then the source trees back in
+    ".dockerignore": ("# ignore everything\n**\n\n# except\n!/languages/**\n!/lua-scripts/**\n"
+                      "!/third-party/**\n**/*.o\n"),
     "languages/c/atom.c": "int atom(void) { return 1; }\n",
     "languages/c/atom.o": "object\n",
     "third-party/lib/VERSION": "lib-v1\n",
@@ -71,26 +73,49 @@ def test_repo_wide_context_keys_each_step_on_what_it_reads(forge_workspace, dock
 
 
 def test_two_named_images_in_the_style_of_atom_utilities(forge_workspace, docker_client):
+    """Atom's utilities/: 01 builds on BASE_IMAGE and reads PRODUCTION_IMAGE in a stage
+    (--target with-deps), 02 is FROM ${PRODUCTION_IMAGE} alone; both with the utilities
+    folder as the context, filtered by its own '**' .dockerignore."""
     ws = busybox_ws(forge_workspace, {
         "app/prod/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo production > /prod-marker\n",
+        "app/utilities/.dockerignore": "# ignore everything\n**\n\n# except\n!/ldd_find_libs.sh\n",
+        "app/utilities/ldd_find_libs.sh": "echo libs > /tmp/required_libs.txt\n",
+        "app/utilities/scratch.txt": "ignored\n",
         "app/utilities/01-Dockerfile-minimize": (
             "ARG BASE_IMAGE\nARG PRODUCTION_IMAGE\n"
-            "FROM ${PRODUCTION_IMAGE} as no-deps\nRUN cat /prod-marker > /seen-prod\n"
-            "FROM ${BASE_IMAGE} as with-deps\nCOPY --from=no-deps /seen-prod /from-prod\n"
-            "RUN echo build > /build-marker\n"),
+            "FROM ${PRODUCTION_IMAGE} as no-deps\nARG TARGETPLATFORM\n"
+            "RUN echo ${TARGETPLATFORM} | sed s/linux\\\\///g > /tmp/arch.txt && cat /prod-marker > /seen-prod\n"
+            "FROM ${BASE_IMAGE} as with-deps\nADD ./ldd_find_libs.sh /tmp/ldd_find_libs.sh\n"
+            "RUN sh /tmp/ldd_find_libs.sh\nCOPY --from=no-deps /seen-prod /from-prod\n"
+            "COPY --from=no-deps /tmp/arch.txt /arch.txt\n"
+            "FROM with-deps as unused\nRUN false\n"),
+        "app/utilities/02-Dockerfile-production": (
+            "ARG PRODUCTION_IMAGE\nFROM ${PRODUCTION_IMAGE} as production\n"
+            "ENV PATH=\"/opt/venv/bin:$PATH\"\nRUN echo shipped > /shipped\n"),
         "app/BUILD": (
             'dockerfile(name = "slim", base = ":busybox-amd64", dockerfile = "prod/Dockerfile")\n'
-            'dockerfile_chain(name = "utilities", dir = "utilities", base = ":busybox-amd64",\n'
-            '    images = {"PRODUCTION_IMAGE": ":slim"})\n'),
+            'dockerfile(name = "minimize", dockerfile = "utilities/01-Dockerfile-minimize",\n'
+            '    context = "utilities", base = ":busybox-amd64", target = "with-deps",\n'
+            '    images = {"PRODUCTION_IMAGE": ":slim"})\n'
+            'dockerfile(name = "production", dockerfile = "utilities/02-Dockerfile-production",\n'
+            '    context = "utilities", target = "production", images = {"PRODUCTION_IMAGE": ":slim"})\n'),
     })
-    out = ws.run("build", "//app:utilities", "--json", "--load", "--tag", "forge-test/util:1").assert_success()
+    out = ws.run("build", "//app:minimize", "--json", "--load", "--tag", "forge-test/util:1").assert_success()
     assert "//app:slim#DockerBuild.0" in out.executed()
     assert run_image(docker_client, "forge-test/util:1", "cat", "/from-prod") == "production\n"
-    # the production image is an input: changing it re-runs the step that names it
+    assert run_image(docker_client, "forge-test/util:1", "cat", "/arch.txt") == "amd64\n"
+    assert run_image(docker_client, "forge-test/util:1", "cat", "/tmp/required_libs.txt") == "libs\n"
+    ws.run("build", "//app:production", "--load", "--tag", "forge-test/util-prod:1").assert_success()
+    assert run_image(docker_client, "forge-test/util-prod:1", "cat", "/prod-marker", "/shipped") == \
+        "production\nshipped\n"
+    # an ignored file of the utilities context re-runs nothing
+    (ws.root / "app/utilities/scratch.txt").write_text("changed\n")
+    assert ws.run("build", "//app:minimize", "//app:production", "--json").assert_success().executed() == []
+    # the production image is an input: changing it re-runs both steps that name it
     ws.write({"app/prod/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo prod-v2 > /prod-marker\n"})
-    out = ws.run("build", "//app:utilities", "--json", "--load", "--tag", "forge-test/util:2").assert_success()
-    assert out.executed() == ["//app:slim#DockerBuild.0", "//app:utilities#DockerBuild.0"]
-    assert run_image(docker_client, "forge-test/util:2", "cat", "/from-prod") == "prod-v2\n"
+    out = ws.run("build", "//app:minimize", "//app:production", "--json").assert_success()
+    assert out.executed() == ["//app:minimize#DockerBuild.0", "//app:production#DockerBuild.0",
+                              "//app:slim#DockerBuild.0"]
 
 
 def test_chain_step_that_ignores_base_image_is_an_error_or_an_opt_out(forge_workspace):

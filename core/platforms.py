@@ -85,6 +85,29 @@ class Platform:
         return out
 
 
+def automatic_args(target: Platform, build: Platform | None = None) -> dict[str, str]:
+    """BuildKit's automatic platform build args for ``target`` (and ``build``, the
+    engine's platform, when known): TARGETPLATFORM, TARGETOS, TARGETARCH, TARGETVARIANT
+    (BUILD… likewise). Spelled as buildx spells them: arm64's default variant v8 is left
+    out (``linux/arm64``, an empty TARGETVARIANT), so a Dockerfile's
+    ``[ "$TARGETPLATFORM" = "linux/arm64" ]`` holds on every builder."""
+    out: dict[str, str] = {}
+    for prefix, p in (("TARGET", target), ("BUILD", build)):
+        if p is None:
+            continue
+        p = buildx_spelling(p)
+        out.update({f"{prefix}PLATFORM": str(p), f"{prefix}OS": p.os,
+                    f"{prefix}ARCH": p.architecture, f"{prefix}VARIANT": p.variant})
+    return out
+
+
+def buildx_spelling(platform: Platform) -> Platform:
+    """The platform as buildx names it: ``linux/arm64``, not ``linux/arm64/v8``."""
+    if platform.architecture == "arm64" and platform.variant == "v8":
+        return Platform(platform.os, platform.architecture, "")
+    return platform
+
+
 def parse_platform(text: str) -> Platform:
     """Parse ``amd64``, ``linux/arm64``, ``linux/arm64/v8``, ``aarch64``, ``armhf`` …"""
     raw = text.strip().lower()

@@ -59,6 +59,8 @@ _LAZY = {
     "parse_label": ("forge.core.labels", "parse_label"),
     "Platform": ("forge.core.platforms", "Platform"),
     "parse_platform": ("forge.core.platforms", "parse_platform"),
+    "automatic_args": ("forge.core.platforms", "automatic_args"),
+    "buildx_spelling": ("forge.core.platforms", "buildx_spelling"),
     "host_platform": ("forge._documented", "host_platform"),
     "DefaultInfo": ("forge.core.providers", "DefaultInfo"),
     "ImageInfo": ("forge.core.providers", "ImageInfo"),
@@ -170,7 +172,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         materialize_image,
     )
     from forge.core.options import BuildOptions  # noqa: F401
-    from forge.core.platforms import Platform, parse_platform  # noqa: F401
+    from forge.core.platforms import Platform, automatic_args, buildx_spelling, parse_platform  # noqa: F401
     from forge.core.providers import (  # noqa: F401
         DefaultInfo,
         FilesInfo,

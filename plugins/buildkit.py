@@ -319,26 +319,3 @@ def explain_failure(dockerfile: str, steps: dict[str, str], outputs: dict[str, l
     return f"{dockerfile}: {plain}"
 
 
-def spelled(platform: forge.Platform) -> forge.Platform:
-    """The platform as buildx spells it: arm64's default variant v8 left out (buildx's
-    TARGETPLATFORM for --platform linux/arm64 is linux/arm64, TARGETVARIANT empty), so a
-    Dockerfile's `[ "$TARGETPLATFORM" = "linux/arm64" ]` holds on every builder."""
-    if platform.architecture == "arm64" and platform.variant == "v8":
-        return forge.Platform(platform.os, platform.architecture, "")
-    return platform
-
-
-def platform_args(target: forge.Platform | None, build: str) -> dict[str, str]:
-    """BuildKit's automatic platform args (TARGETPLATFORM, TARGETOS, TARGETARCH,
-    TARGETVARIANT, BUILDPLATFORM, BUILDOS, BUILDARCH, BUILDVARIANT), for a builder that
-    does not set them itself (the classic one). ``build``: the engine's os/arch."""
-    out: dict[str, str] = {}
-    build_platform = spelled(forge.parse_platform(build))
-    for prefix, p in (("TARGET", spelled(target) if target else build_platform), ("BUILD", build_platform)):
-        out[f"{prefix}PLATFORM"] = str(p)
-        out[f"{prefix}OS"] = p.os
-        out[f"{prefix}ARCH"] = p.architecture
-        out[f"{prefix}VARIANT"] = p.variant or ""
-    return out
-
-

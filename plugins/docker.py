@@ -628,15 +628,15 @@ class DockerExecutor(forge.Executor):
             assert bk is not None
             image_id = buildkit.run_build(
                 bk, host=host, context=context, dockerfile=rel_dockerfile, build_args=args,
-                target=p["target"], platform=str(buildkit.spelled(platform)) if platform else None,
+                target=p["target"], platform=str(forge.buildx_spelling(platform)) if platform else None,
                 network=network, syntax=buildkit.syntax_directive(text), display=_display(rc),
                 secrets=rc.secrets, ssh=rc.ssh, iidfile=rc.tempdir() / "iid", log=rc.log,
                 cancelled=rc.cancelled)
         else:
             # BuildKit sets the platform args itself; the classic builder gets them as
             # build args (a Dockerfile reads them only where it declares ARG TARGETARCH…)
-            engine_platform = f"{info.get('Os', 'linux')}/{info.get('Arch', 'amd64')}"
-            args = {**buildkit.platform_args(platform, engine_platform), **args}
+            engine = forge.parse_platform(f"{info.get('Os', 'linux')}/{info.get('Arch', 'amd64')}")
+            args = {**forge.automatic_args(platform or engine, engine), **args}
             image_id = self._classic(rc, client, context, rel_dockerfile, args, network)
         early = None if p.get("reproducible") else self._put_early(rc, client, image_id, host)
         try:

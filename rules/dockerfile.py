@@ -191,7 +191,9 @@ def declare_build(
             f"steps = {{\"{Path(dockerfile).name}\": {{\"uses_base\": False}}}}")
     # Only the context files the Dockerfile can read are inputs (BuildKit keys a COPY by
     # what it copies): an edit elsewhere in the context re-runs nothing.
-    use = context_use(text, display, build_args=args, context_files=sorted(context.entries))
+    # the target platform args are known here (BUILDPLATFORM, the engine's, is not)
+    use = context_use(text, display, build_args={**forge.automatic_args(platform), **args},
+                      context_files=sorted(context.entries))
     chosen = [context.entries[name] for name in use.files]
     if context.space == "workspace":
         package = ctx.label.package

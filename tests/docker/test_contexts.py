@@ -152,3 +152,32 @@ def test_a_copy_forge_cannot_resolve_keys_the_whole_context_and_explain_says_why
     before = ws.run("aquery", "//app:img", "--json").assert_success().stdout
     (ws.root / "app/a.txt").write_text("a2\n")
     assert ws.run("aquery", "//app:img", "--json").assert_success().stdout != before
+
+
+def test_a_copy_by_target_arch_reads_only_that_arch(forge_workspace):
+    ws = busybox_ws(forge_workspace, {
+        "app/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG TARGETARCH\nCOPY bin/${TARGETARCH}/ /usr/local/bin/\n",
+        "app/bin/amd64/tool": "amd64\n", "app/bin/arm64/tool": "arm64\n",
+        "app/BUILD": 'dockerfile(name = "img", base = ":busybox-amd64", context = ".")\n',
+    })
+    ws.run("build", "//app:busybox-amd64").assert_success()
+    import json
+
+    events = [json.loads(x) for x in ws.run("aquery", "//app:img", "--json").assert_success().stdout.splitlines()]
+    (step,) = [e for e in events if e.get("mnemonic") == "DockerBuild"]
+    assert step["params"]["context"] == ["app/bin/amd64/tool"]
+
+
+def test_a_filegroup_is_a_context_rooted_at_its_package(forge_workspace, docker_client):
+    ws = busybox_ws(forge_workspace, {
+        "BUILD": 'filegroup(name = "atom-sources", srcs = glob(["languages/**", "third-party/**"]))\n',
+        "languages/c/a.c": "a\n", "third-party/lib/VERSION": "v1\n", "docs/x.md": "not in the group\n",
+        "docker/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY . /src/\n",
+        "docker/BUILD": ('dockerfile(name = "img", base = "//app:busybox-amd64", context = "//:atom-sources")\n'),
+    })
+    ws.run("build", "//docker:img", "--load", "--tag", "forge-test/filegroup:1").assert_success()
+    listing = run_image(docker_client, "forge-test/filegroup:1", "find", "/src", "-type", "f").split()
+    # the Dockerfile travels with the context, at its path from the context root
+    assert sorted(listing) == ["/src/docker/Dockerfile", "/src/languages/c/a.c", "/src/third-party/lib/VERSION"]
+    (ws.root / "docs/x.md").write_text("changed\n")
+    assert ws.run("build", "//docker:img", "--json").assert_success().executed() == []

@@ -2,6 +2,6 @@
 scheduler and the OCI model.
 
 Nothing here is public API for plugin authors; they import ``forge``. Nothing here talks
-to the Docker engine (that is ``forge.plugins.docker``); ``oci/registry.py`` is the one
+to the Docker engine (that is ``forge.plugins.docker``); ``oci/registry_client.py`` is the one
 registry client, shared by ``oci_pull``, ``forge push`` and the remote cache plugin.
 """

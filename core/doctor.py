@@ -55,7 +55,7 @@ def run_checks(session: Session) -> Iterator[Check]:
 
     remote = ws.section("remote_cache")
     if remote.get("url"):
-        from forge.core.oci.registry import redact_url
+        from forge.core.oci.reference import redact_url
 
         shown = redact_url(remote["url"])  # a URL may carry a password: never print it
         try:

@@ -84,6 +84,34 @@ class RegistryError(ForgeError):
     exit_code = 1
 
 
+class RegistryHTTPError(RegistryError):
+    """A registry answered with an HTTP error: ``status`` and the distribution spec's error
+    ``codes`` (``MANIFEST_INVALID``, ``BLOB_UNKNOWN`` …) say which, so a caller can tell a
+    refusal of one request from a broken registry. ``status`` is 0 when no answer came."""
+
+    def __init__(self, message: str, status: int = 0, codes: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+
+
+class RegistryAuthError(RegistryHTTPError):
+    """A registry wants credentials forge does not have, or refused the ones it has."""
+
+
+class ManifestUnknown(RegistryHTTPError):
+    """The repository has no manifest under that tag or digest (a typo, or a cache miss)."""
+
+
+class ContentMismatch(RegistryError):
+    """The registry served content that does not hash to the digest it was asked for (or
+    is longer than its descriptor says); nothing of it was stored."""
+
+
+class UnpinnedReference(RegistryError):
+    """A pull named a tag but no digest; the message gives the digest to pin."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest candidate, or ''."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -73,7 +73,9 @@ def push_summaries(session: Session, summaries: list[TargetSummary], outcomes: d
     """Push the one image or index target of ``summaries`` to ``ref`` (``forge push``,
     ``forge build --push``); returns its digest."""
     from forge.core.oci.image import load
-    from forge.core.oci.registry import RegistryClient, parse_reference, push_image
+    from forge.core.oci.reference import parse_reference
+    from forge.core.oci.registry_client import RegistryClient
+    from forge.core.oci.registry_transfer import push_image
 
     if len(summaries) != 1:
         raise UsageError(f"push takes one image target; {what} matched {len(summaries)}")

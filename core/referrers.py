@@ -137,7 +137,7 @@ def push_referrer(client: Any, cas: CAS, repo: str, artifact: Artifact) -> bool:
 
 
 def _fallback_index(client: Any, repo: str, tag: str) -> dict[str, Any] | None:
-    from forge.core.oci.registry import ManifestUnknown
+    from forge.core.errors import ManifestUnknown
 
     try:
         data, media_type, _ = client.get_manifest(repo, tag)

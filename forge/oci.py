@@ -25,15 +25,15 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load_index": ("forge._documented", "load_index"),
     "sha256_digest": ("forge._documented", "sha256_digest"),
     # registries
-    "RegistryClient": ("forge.core.oci.registry", "RegistryClient"),
+    "RegistryClient": ("forge.core.oci.registry_client", "RegistryClient"),
     "Reference": ("forge.core.oci.reference", "Reference"),
     "parse_reference": ("forge.core.oci.reference", "parse_reference"),
-    "Credentials": ("forge.core.oci.registry", "Credentials"),
+    "Credentials": ("forge.core.oci.registry_auth", "Credentials"),
     "split_credentials": ("forge.core.oci.reference", "split_credentials"),
     "redact_url": ("forge.core.oci.reference", "redact_url"),
     "scrub": ("forge.core.oci.reference", "scrub"),
-    "RegistryHTTPError": ("forge.core.oci.registry", "RegistryHTTPError"),
-    "ContentMismatch": ("forge.core.oci.registry", "ContentMismatch"),
+    "RegistryHTTPError": ("forge.core.errors", "RegistryHTTPError"),
+    "ContentMismatch": ("forge.core.errors", "ContentMismatch"),
     # bringing images in and out
     "import_any": ("forge.core.oci.importers", "import_any"),
     "import_rootfs_tar": ("forge.core.oci.rootfs_tar", "import_rootfs_tar"),
@@ -76,6 +76,7 @@ __getattr__ = lazy_getattr(globals(), "forge.oci", _LAZY)
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from forge._documented import load_index, sha256_digest  # noqa: F401
+    from forge.core.errors import ContentMismatch, RegistryHTTPError  # noqa: F401
     from forge.core.oci import media  # noqa: F401
     from forge.core.oci.compression import open_decompressed  # noqa: F401
     from forge.core.oci.delta import (  # noqa: F401
@@ -100,15 +101,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from forge.core.oci.importers import import_any  # noqa: F401
     from forge.core.oci.layer_writer import clamp_mtimes, store_tar  # noqa: F401
     from forge.core.oci.layout import write_layout  # noqa: F401
-    from forge.core.oci.registry import (  # noqa: F401
-        ContentMismatch,
-        Credentials,
+    from forge.core.oci.reference import (  # noqa: F401
         Reference,
-        RegistryClient,
-        RegistryHTTPError,
         parse_reference,
         redact_url,
         scrub,
         split_credentials,
     )
+    from forge.core.oci.registry_auth import Credentials  # noqa: F401
+    from forge.core.oci.registry_client import RegistryClient  # noqa: F401
     from forge.core.oci.rootfs_tar import import_rootfs_tar  # noqa: F401

@@ -8,7 +8,10 @@
 - ``validate``: ``validate_image``, the check every produced image passes
 - ``layout``, ``docker_archive``, ``rootfs_tar``, ``importers``: images in and out as OCI
   layouts, ``docker save`` tarballs and rootfs tarballs
-- ``registry``: push and pull, verified, over oras-py
+- ``reference``: image references and the credentials a URL may carry
+- ``registry_auth``, ``registry_client``, ``registry_transfer``: registry logins (Docker
+  config, credential helpers), the oras-py client (blob and manifest calls, resumable),
+  and whole-image push and pull on it, verified; ``registry`` re-exports their old names
 
 Nothing here runs containers (that is the Docker executor plugin) or knows about actions
 and keys; what an action must put in its key is said where it matters

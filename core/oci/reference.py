@@ -4,7 +4,7 @@
 Docker Hub); ``split_credentials`` takes ``user:password@`` out of a URL the moment it is
 read, ``redact_url`` shows one safely and ``scrub`` cleans text forge did not write (a
 library's exception) of every secret it knows. Pure: no I/O, so the registry client
-(core/oci/registry.py), the remote cache and the CLI share one reading of a reference.
+(core/oci/registry_client.py), the remote cache and the CLI share one reading of a reference.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""The oras-py internals core/oci/registry.py relies on, checked by name and signature.
+"""The oras-py internals the registry modules rely on, checked by name and signature.
 
-registry.py subclasses ``oras.provider.Registry``, overrides ``do_request`` and calls the
-undecorated original through ``__wrapped__`` (to put its own retries in place of oras'),
-builds ``Container`` objects field by field, and drives the auth backends by hand. None of
-that is oras' public API, so pyproject pins oras to the tested range; an upgrade that moves
-any of it fails here, by name, rather than as a strange registry error mid-push.
+core/oci/registry_client.py subclasses ``oras.provider.Registry``, overrides ``do_request``
+and calls the undecorated original through ``__wrapped__`` (to put its own retries in place
+of oras'), builds ``Container`` objects field by field, and core/oci/registry_auth.py
+drives the auth backends by hand. None of that is oras' public API, so pyproject pins oras
+to the tested range; an upgrade that moves any of it fails here, by name, rather than as a
+strange registry error mid-push.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def params(fn) -> list[str]:
 
 
 def test_do_request_is_decorated_and_the_original_has_the_called_signature():
-    # registry.py: _oras_do_request = Registry.do_request.__wrapped__, called positionally
+    # registry_client.py: _oras_do_request = Registry.do_request.__wrapped__, called positionally
     # as (self, url, method, data, headers, json, stream).
     wrapped = getattr(Registry.do_request, "__wrapped__", None)
     assert wrapped is not None, "oras Registry.do_request is no longer a wrapped (retrying) function"
@@ -54,7 +55,7 @@ def test_transfer_signatures():
 def test_registry_construction_and_attributes():
     assert {"hostname", "insecure"} <= set(params(Registry.__init__))
     reg = Registry(hostname="localhost:5000", insecure=True)
-    assert isinstance(reg.session, requests.Session)  # registry.py mounts its adapters there
+    assert isinstance(reg.session, requests.Session)  # registry_client.py mounts its adapters there
     reg.auth = oras.auth.get_auth_backend("basic", reg.session, True)  # and sets .auth
 
 

@@ -241,7 +241,7 @@ def test_failed_manifest_put_degrades_without_a_second_push(forge_workspace, reg
 
 
 def test_timed_out_manifest_put_degrades_without_a_second_push(forge_workspace, registry_proxy, monkeypatch):
-    monkeypatch.setattr("forge.core.oci.registry.READ_TIMEOUT", 0.5)
+    monkeypatch.setattr("forge.core.oci.registry_client.READ_TIMEOUT", 0.5)
     url = proxied(registry_proxy)
 
     def hang(seen: Seen):

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "forge.plugins.docker",
     "forge.plugins.qemu",
     "forge.plugins.oci_cache",
+    "forge.plugins.cache_push",
     "forge.plugins.supply_chain",
     "forge.plugins.deltas",
 )

@@ -49,20 +49,15 @@ not matching the record is ``RemoteEntryInvalid`` — one miss with a warning th
 signer and the trusted keys. The record names every blob by digest, so its signature
 covers the whole result.
 
-Credentials. The registry login comes from the Docker config (``auths``, ``credHelpers``,
-``credsStore``; see ``forge.oci.RegistryClient``). A URL may carry one too,
-``[scheme://]user:password@host/repo`` (percent-encode ``@ : /`` in either part), for a
-CI job that gets its token as a secret: it is taken out of the URL as soon as the URL is
-read (``settings_for``, ``parse_url``), handed to the client as ``Credentials`` and used
-instead of the Docker config's for that host; from then on only ``host/repo`` exists as a
-string (``describe()``, every warning and error). Where the URL as written must be shown
-(a URL that does not parse), it is shown redacted, ``user:***@host/repo``. A user part
-without a password is refused, shown as ``***@host/repo`` (it is usually a token pasted
-in the wrong place). URL credentials are supported, but WORKSPACE.toml is usually
-committed: keep passwords in the Docker config, or pass them from the CI's secret store
-with ``--remote-cache``. Every exception leaving the backend (``ping``, ``lookup``,
-``entry``, ``push``) goes through the client's scrubber, so text of requests or oras
-cannot carry a secret out.
+Secrets. Credentials a cache URL carried left it when the settings were read
+(plugins/cache_settings.py, "Credentials"), so ``describe()`` and every message name only
+``host/repo``. Every exception leaving the backend (``ping``, ``lookup``, ``entry``,
+``push``) goes through the client's scrubber, so text of requests or oras cannot carry a
+secret out.
+
+What is elsewhere: the settings (``[remote_cache]``, flags, URLs) in
+plugins/cache_settings.py, the wire format's bytes in plugins/cache_format.py, and
+``forge cache push`` in plugins/cache_push.py.
 """
 
 from __future__ import annotations
@@ -74,38 +69,32 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import forge
 from forge import (
     ActionResult,
     CacheError,
-    ConfigError,
     Descriptor,
-    RegistryError,
     RemoteCacheError,
     RemoteEntryInvalid,
-    UsageError,
 )
-
-if TYPE_CHECKING:
-    from forge import CAS, Workspace
-
-from forge.plugins.cache_format import (  # noqa: E402,F401 - the wire format, re-exported
-    FORMAT_ANNOTATION,
-    FORMAT_VERSION,
+from forge.plugins.cache_format import (
     KEY_ANNOTATION,
     LOG_MEDIA_TYPE,
     RESULT_MEDIA_TYPE,
     SIGNATURE_ANNOTATION,
     SIGNER_ANNOTATION,
-    TITLE_ANNOTATION,
     check_key,
     manifest_bytes,
     parse_record,
     record_bytes,
 )
+from forge.plugins.cache_settings import CacheSettings, parse_url, settings_for
+
+if TYPE_CHECKING:
+    from forge import CAS, Workspace
 
 TRANSFER_THREADS = 4  # blobs of one result moved at once
 MAX_REQUESTS = 8  # registry requests in flight per backend (the client's connection pool)
@@ -143,118 +132,12 @@ class PushStats:
         self.bytes += other.bytes
 
 
-@dataclass(frozen=True, repr=False)
-class CacheSettings:
-    """Where the remote cache is and what this build may do with it. ``settings_for``
-    takes credentials out of the URL into ``credentials``; the repr redacts both."""
-
-    url: str
-    read: bool = True
-    write: bool = False
-    insecure: bool = False
-    credentials: forge.oci.Credentials | None = None
-    signing_key: str = ""  # a key spec (PEM path or env:NAME): writers sign their records
-    trusted_keys: tuple[str, ...] = ()  # key specs: readers restore only records they signed
-    root: str = field(default="", compare=False)  # what relative key paths are relative to
-
-    def __repr__(self) -> str:
-        login = f", credentials of user {self.credentials.user!r}" if self.credentials else ""
-        signing = f", signing_key={self.signing_key!r}" if self.signing_key else ""
-        trusted = f", {len(self.trusted_keys)} trusted key(s)" if self.trusted_keys else ""
-        return (f"CacheSettings({forge.oci.redact_url(self.url)!r}, read={self.read}, write={self.write}, "
-                f"insecure={self.insecure}{login}{signing}{trusted})")
-
-
-@dataclass(frozen=True)
-class CacheLocation:
-    """A parsed remote cache URL: registry host, repository, plain HTTP (None: decide by
-    host) and the credentials the URL carried (already out of every string)."""
-
-    host: str
-    repo: str
-    insecure: bool | None
-    credentials: forge.oci.Credentials | None = field(default=None, repr=False)
-
-
 @dataclass(frozen=True)
 class Entry:
     """A cache entry whose manifest and record were read and checked (blobs not yet)."""
 
     result: ActionResult
     blobs: tuple[tuple[str, int], ...]  # (digest, size) of every blob to fetch, log last
-
-
-def settings_for(workspace: Workspace, options: dict[str, Any]) -> CacheSettings | None:
-    """``[remote_cache]`` with the command line's overrides; None when there is no cache.
-
-    ``--remote-cache URL`` replaces the configured URL and is read-only unless
-    ``--remote-cache-write`` is given too; ``--no-remote-cache`` turns it off. The
-    hook's documented option names (``url``, ``read``, ``write``, ``enabled``,
-    ``insecure``) are read as well as the CLI's (``remote_cache_url`` …).
-    """
-    section = workspace.section("remote_cache")
-    if options.get("no_remote_cache") or options.get("enabled") is False:
-        return None
-    flag_url = options.get("remote_cache_url") or options.get("url")
-    write_flag = options.get("remote_cache_write", options.get("write"))
-    if flag_url:
-        url, read, write = flag_url, options.get("read", True), bool(write_flag)
-    else:
-        url, read = section.get("url", ""), section.get("read", True)
-        # An explicit False (forge cache push's own build) beats the configured write.
-        write = section.get("write", False) if write_flag is None else bool(write_flag)
-    if not url or not (read or write):
-        return None
-    insecure = bool(options.get("insecure") or section.get("insecure", False))
-    credentials = parse_url(url).credentials  # checks the URL, showing it redacted if not
-    if credentials is not None:
-        url = take_credentials(url)[0]
-    return CacheSettings(url, bool(read), bool(write), insecure, credentials,
-                         signing_key=str(section.get("signing_key") or ""),
-                         trusted_keys=tuple(section.get("trusted_keys") or ()),
-                         root=str(workspace.root))
-
-
-def take_credentials(url: str) -> tuple[str, forge.oci.Credentials | None]:
-    """``url`` without its ``user:password@`` part, and that part as Credentials."""
-    bare, user, password = forge.oci.split_credentials(url)
-    if user is None:
-        return url, None
-    if not user or not password:
-        raise ConfigError(
-            f"remote cache URL {forge.oci.redact_url(url)!r} has a user part but no user:password; give "
-            "both (percent-encoded), or log in with `docker login HOST` and leave the URL bare")
-    return bare, forge.oci.Credentials(user, password, "the remote cache URL")
-
-
-def parse_url(url: str) -> CacheLocation:
-    """``[scheme://][user:password@]host/repository`` -> its CacheLocation. Every message
-    shows the URL redacted."""
-    shown = forge.oci.redact_url(url)
-    bare, credentials = take_credentials(url)
-    scheme, sep, rest = bare.partition("://")
-    if not sep:
-        scheme, rest = "", bare
-    if scheme not in ("", "oci", "http", "https"):
-        raise ConfigError(f"remote cache URL {shown!r}: scheme {scheme!r} is not one of oci://, http://, https://")
-    try:
-        ref = forge.oci.parse_reference(rest.rstrip("/"))
-    except RegistryError as exc:
-        raise ConfigError(f"remote cache URL {shown!r}: {exc}") from None
-    if ref.tag or ref.digest:
-        raise ConfigError(
-            f"remote cache URL {shown!r} names a tag or digest; give the repository only "
-            f"(e.g. {ref.registry}/{ref.repository}): forge tags it with action keys"
-        )
-    insecure = {"http": True, "https": False}.get(scheme)
-    return CacheLocation(ref.registry, ref.repository, insecure, credentials)
-
-
-def split_url(url: str) -> tuple[str, str, bool | None]:
-    """``[scheme://][user:password@]host/repository`` -> (host, repository, insecure or
-    None for auto); see ``parse_url`` for the credentials."""
-    loc = parse_url(url)
-    return loc.host, loc.repo, loc.insecure
 
 
 def _scrubbing(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -665,46 +548,6 @@ def refuses_field(exc: Any) -> bool:
     return getattr(exc, "status", 0) == 400 and codes <= FIELD_REFUSAL_CODES
 
 
-
-# -- forge cache push ---------------------------------------------------------------------
-
-
-@dataclass
-class PushSummary:
-    remote: str
-    actions: int = 0
-    built: int = 0
-    stats: PushStats = field(default_factory=PushStats)
-
-
-def push_results(session: Any, patterns: list[str]) -> PushSummary:
-    """Build ``patterns`` (cache hits where possible), then upload every action result of
-    their graph to the remote cache, writable whatever the configuration says."""
-    from forge import raise_for_failures
-
-    settings = settings_for(session.workspace, {**session.options, "remote_cache_write": True})
-    if settings is None:
-        raise UsageError("no remote cache to push to: set [remote_cache] url in WORKSPACE.toml "
-                         "or pass --remote-cache HOST/REPOSITORY")
-    backend = OciCache(settings)
-    options = session.options
-    # The build itself only reads the remote; the uploads below count what they send.
-    session.options = {**options, "remote_cache_write": False}
-    try:
-        _, outcomes = session.build(patterns)
-    finally:
-        session.options = options
-    raise_for_failures(outcomes)
-    summary = PushSummary(backend.describe())
-    results = {o.key: o.result for o in outcomes.values() if o.key and o.result is not None}
-    summary.actions = len(results)
-    summary.built = sum(1 for o in outcomes.values() if o.status == "built")
-    with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="forge-push") as pool:
-        for stats in pool.map(lambda kv: backend.push(kv[0], kv[1], session.cas), sorted(results.items())):
-            summary.stats.add(stats)
-    return summary
-
-
 # -- the hook -----------------------------------------------------------------------------
 
 
@@ -718,37 +561,3 @@ def forge_remote_caches(workspace: Workspace, options: dict[str, Any]) -> list[A
         # `required = true` feeds the same one.
         options["remote_cache_required"] = True
     return [OciCache(settings)]
-
-
-@forge.hookimpl
-def forge_cli_commands() -> dict[str, Any]:
-    """``forge cache push``: this plugin's command (the CLI loads it only when asked)."""
-    import os
-    from pathlib import Path
-
-    import click
-
-    @click.command("push")
-    @click.argument("patterns", nargs=-1, required=True)
-    @click.option("--remote-cache", "remote_cache", help="Remote cache URL (default: [remote_cache] url).")
-    @click.option("--platform", help="Default platform, as for build.")
-    @click.option("-j", "--jobs", type=int, help="Actions to run at once, if some must be built.")
-    @click.pass_context
-    def cache_push(ctx, patterns, remote_cache, platform, jobs) -> None:
-        """Upload every action result of PATTERNS' graph to the remote cache (building what
-        the local cache lacks first), whether or not the remote is configured writable."""
-        options = {k: v for k, v in {"platform": platform, "jobs": jobs,
-                                     "remote_cache_url": remote_cache}.items() if v is not None}
-        cwd = (ctx.find_root().obj or {}).get("cwd") or os.getcwd()
-        session = forge.Session(Path(cwd), reporter=forge.PlainReporter(), options=options)
-        s = push_results(session, list(patterns))
-        click.echo(f"{s.actions} action results ({s.built} built now): {s.stats.results} pushed to "
-                   f"{s.remote}, {s.stats.present} already there; {s.stats.blobs} blobs "
-                   f"({forge.human_size(s.stats.bytes)}) uploaded")
-        if s.stats.conflicts:
-            click.echo(f"{s.stats.conflicts} key(s) already held another result in the remote: kept "
-                       "(first writer wins; the action may not be reproducible)")
-        if s.stats.repaired:
-            click.echo(f"{s.stats.repaired} broken remote entr{'y' if s.stats.repaired == 1 else 'ies'} replaced")
-
-    return {"cache push": cache_push}

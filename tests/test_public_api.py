@@ -133,8 +133,9 @@ class _Workspace:
 
 
 def test_builtin_executor_and_cache_satisfy_the_contracts():
+    from forge.plugins.cache_settings import CacheSettings
     from forge.plugins.docker import DockerExecutor
-    from forge.plugins.oci_cache import CacheSettings, OciCache
+    from forge.plugins.oci_cache import OciCache
 
     executor = DockerExecutor(_Workspace())
     assert isinstance(executor, forge.Executor)

@@ -35,13 +35,8 @@ from forge.core.oci.registry import (
     scrub,
     split_credentials,
 )
-from forge.plugins.oci_cache import (
-    CacheSettings,
-    OciCache,
-    parse_url,
-    scrub_exception,
-    settings_for,
-)
+from forge.plugins.cache_settings import CacheSettings, parse_url, settings_for
+from forge.plugins.oci_cache import OciCache, scrub_exception
 from tests.remote.conftest import free_port, tags, unique_repo
 from tests.services import AUTH_PASSWORD, AUTH_USER, require_auth_registry, testdata
 

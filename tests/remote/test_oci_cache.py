@@ -18,17 +18,9 @@ from forge.core.cas import CAS, Descriptor, sha256_digest
 from forge.core.errors import ConfigError, RegistryError, RemoteCacheError, RemoteEntryInvalid
 from forge.core.oci import media
 from forge.core.workspace import load_workspace
-from forge.plugins.oci_cache import (
-    RESULT_MEDIA_TYPE,
-    CacheSettings,
-    OciCache,
-    manifest_bytes,
-    parse_record,
-    record_bytes,
-    refuses_field,
-    settings_for,
-    split_url,
-)
+from forge.plugins.cache_format import RESULT_MEDIA_TYPE, manifest_bytes, parse_record, record_bytes
+from forge.plugins.cache_settings import CacheSettings, settings_for, split_url
+from forge.plugins.oci_cache import OciCache, refuses_field
 from tests.services import (
     AUTH_PASSWORD,
     registry_storage_root,

@@ -27,7 +27,8 @@ from forge.core.actions import ActionResult, canonical_json
 from forge.core.cas import CAS
 from forge.core.oci import media
 from forge.core.oci.registry import RegistryClient
-from forge.plugins.oci_cache import CacheSettings, KeyConflict, OciCache
+from forge.plugins.cache_settings import CacheSettings
+from forge.plugins.oci_cache import KeyConflict, OciCache
 from tests.services import registry_storage_root, require_registry
 
 from .conftest import FaultProxy, Seen, workspace_toml

@@ -19,7 +19,8 @@ Atom example's workspace) are built three times by each tool:
 "forge" is ``forge build //atom:<last flavor>-<platform>`` with its own cache;
 "Atom way" is Atom's build.sh loop (see ``ATOM_BUILD_SH``): ``docker build`` per file,
 ``--build-arg BASE_IMAGE=<previous image>``, each ``<descriptor>-<platform>-args`` line
-as a ``--build-arg``, Docker's layer cache (classic builder, the same engine). Both start
+as a ``--build-arg``, the repository root as the context (Atom's ``../.``), Docker's
+layer cache (classic builder, the same engine; forge runs BuildKit). Both start
 from the same base: the example's debootstrap image, built once beforehand (not timed;
 its time is printed), imported into the benchmark workspace and labelled with a run id so
 no layer cache from an earlier run can serve either tool.
@@ -58,7 +59,7 @@ REGISTRY = os.environ.get("FORGE_BENCH_REGISTRY", "127.0.0.1:5000")  # scripts/s
 # order, on the previous result; args files become --build-arg flags.
 ATOM_BUILD_SH = r"""
 set -euo pipefail
-platform=$1 docker_platform=$2 base=$3 dir=$4 tag=$5 cache=$6
+platform=$1 docker_platform=$2 base=$3 dir=$4 tag=$5 cache=$6 root=$7
 prev=$base
 for df in $(ls "$dir" | grep -E '^[0-9]+-Dockerfile-' | sort -n); do
     desc=${df#*-Dockerfile-}
@@ -71,7 +72,7 @@ for df in $(ls "$dir" | grep -E '^[0-9]+-Dockerfile-' | sort -n); do
     fi
     out="$tag-$desc"
     DOCKER_BUILDKIT=0 docker build -q $cache --platform "$docker_platform" -f "$dir/$df" \
-        --build-arg BASE_IMAGE="$prev" "${args[@]}" -t "$out" "$dir" > /dev/null
+        --build-arg BASE_IMAGE="$prev" "${args[@]}" -t "$out" "$root" > /dev/null
     prev=$out
 done
 docker tag "$prev" "$tag"
@@ -135,6 +136,10 @@ class Bench:
         shutil.copy(EXAMPLE / "WORKSPACE.toml", self.ws / "WORKSPACE.toml")
         shutil.copytree(EXAMPLE / "atom", self.atom_dir,
                         ignore=shutil.ignore_patterns("BUILD", "forge-out"))
+        # every step's context is the repository root (Atom's `docker build ../.`)
+        shutil.copytree(EXAMPLE / "languages", self.ws / "languages")
+        # the imported bases are no step's context (and the classic CLI would send them)
+        (self.ws / ".dockerignore").write_text((EXAMPLE / ".dockerignore").read_text() + "atom/bases\n")
         bases, images = [], []
         for p in self.platforms:
             shutil.copytree(EXAMPLE / f"forge-out/atom/base-{p}", self.atom_dir / f"bases/{p}")
@@ -177,7 +182,7 @@ class Bench:
         for flavor in self.flavors:
             tag = f"forge-bench/atom-{flavor}-{platform}:{self.run_id}"
             total += run(["bash", str(script), platform, DOCKER_PLATFORM[platform], previous,
-                          str(self.atom_dir / flavor), tag, "--no-cache" if cold else ""])
+                          str(self.atom_dir / flavor), tag, "--no-cache" if cold else "", str(self.ws)])
             previous = tag
         return total
 

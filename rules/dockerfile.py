@@ -1,10 +1,16 @@
 """dockerfile and dockerfile_chain: Dockerfile steps as cached actions on an executor.
 
-Each build is one action whose key covers the Dockerfile, the declared context files,
-build args (args files included), the target stage, the platform, the network flag and
-the base image's digest (through the base action's result). The base reaches the
-Dockerfile as the ``BASE_IMAGE`` build argument (the Atom convention), loaded into the
-engine from the CAS, so no registry sits between steps.
+Each build is one action whose key covers the Dockerfile, the context files it can read
+(its COPY/ADD/RUN --mount=type=bind sources, resolved at analysis by
+forge.rules.dockerfile_context; the whole context when one cannot be resolved), build
+args (args files included), the target stage, the platform, the network flag and the
+digests of the images it names (through their actions' results). The base reaches the
+Dockerfile as the ``BASE_IMAGE`` build argument (the Atom convention), and each of
+``images`` as its own argument, loaded into the engine from the CAS, so no registry sits
+between steps. The context is ``srcs`` (and a chain's folder), or ``context``: a
+directory anywhere in the workspace or a filegroup; its ``.dockerignore`` applies.
+Secrets and SSH agents travel beside the action (``rc.secrets``, ``rc.ssh``), never in
+its key.
 
 The executor is chosen at analysis (``ctx.select_executor``: the target's ``executor``,
 else ``[build] platform_executors``, else ``[build] executor``) and travels as the
@@ -114,7 +120,6 @@ class BuildContext:
     space: str
     root: str
     entries: dict[str, str]
-    ignore: tuple[str, ...] = ()  # the .dockerignore patterns applied (for explain)
     checked: tuple[Any, ...] = ()  # package space: every entry as a sandbox-checked SourceFile
 
 
@@ -146,7 +151,7 @@ def build_context_of(ctx: forge.AnalysisContext, context: Any, legacy: list[str]
     entries = {name: names[name] for name in kept if name != ".dockerignore"}
     # every declared file is checked now (exists, inside the sandbox), read by a step or not
     checked = tuple(ctx.files(list(dict.fromkeys(legacy)))) if space == "package" else ()
-    return BuildContext(space, root, entries, tuple(patterns), checked)
+    return BuildContext(space, root, entries, checked)
 
 
 def declare_build(

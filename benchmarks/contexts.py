@@ -147,8 +147,8 @@ def main() -> None:
                 subprocess.run(["docker", "rmi", *mine], capture_output=True)
     print(f"\nrepository-wide context: third-party/big {args.mb} MB in 2000 files, 16 MB ignored, "
           f"4 steps; Docker {subprocess.run(['docker', 'version', '--format', '{{.Server.Version}}'], capture_output=True, text=True).stdout.strip()}\n")
-    print("| case | forge (BuildKit) | steps run | docker build loop, classic | vs forge "
-          "| docker build loop, BuildKit | vs forge |")
+    print("| case | forge (BuildKit) | steps run | docker build loop, classic | forge faster by "
+          "| docker build loop, BuildKit | forge faster by |")
     print("|---|---|---|---|---|---|---|")
     for name, f_s, ran, c_s, b_s in rows:
         bk = f"{b_s:.1f} s | {b_s / f_s:.1f}×" if b_s is not None else "n/a | n/a"

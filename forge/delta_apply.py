@@ -336,6 +336,9 @@ def parse_delta_manifest(data: bytes) -> DeltaManifest:
 # -- decoding ----------------------------------------------------------------------------
 
 Decoder = Callable[[bytes, Path, BinaryIO], None]
+# (layer tar, compression of the target's blob, a directory for the output) -> the
+# compressed file, or None when it cannot make that compression
+Recompressor = Callable[[Path, str, Path], "Path | None"]
 
 
 def decode_zstd_patch(prefix: bytes, delta: Path, out: BinaryIO) -> None:
@@ -1005,6 +1008,7 @@ def apply_delta(source: str, *, base_engine: str | bool | None = None, base_layo
                 target: str | None = None, fallback: bool = True, insecure: bool | None = None,
                 work_dir: str | None = None, docker_host: str | None = None,
                 decoders: dict[str, Decoder] | None = None,
+                recompress: Recompressor | None = None,
                 log: Callable[[str], None] = print) -> Report:
     """Make the target image from a delta and an old image, verified, and load it into the
     engine (``load``) or write it as an OCI layout (``output``). See the module docstring."""
@@ -1018,13 +1022,13 @@ def apply_delta(source: str, *, base_engine: str | bool | None = None, base_layo
     work = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     try:
         return _apply(source, base_engine, base_layout, load, tag, output, target, fallback,
-                      insecure, work_root, work, docker_host, decoders or {}, log)
+                      insecure, work_root, work, docker_host, decoders or {}, log, recompress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _apply(source, base_engine, base_layout, load, tag, output, pinned, fallback, insecure,
-           work_root: Path, work: Path, docker_host, decoders, log) -> Report:
+           work_root: Path, work: Path, docker_host, decoders, log, recompress=None) -> Report:
     is_ref = "@sha256:" in source and not Path(source).exists()
     src: DeltaSource = RegistrySource(source, work_root, insecure, log) if is_ref else LayoutSource(Path(source))
     target_digest = src.target_digest(pinned)
@@ -1151,7 +1155,7 @@ def _apply(source, base_engine, base_layout, load, tag, output, pinned, fallback
         assert engine is not None
         report.output = _load(engine, target, plans, chain_ok, tag, work, log)
     if output:
-        report.output = _write_layout(Path(output), target, plans, log)
+        report.output = _write_layout(Path(output), target, plans, log, recompress)
     return report
 
 
@@ -1244,16 +1248,27 @@ def _load(engine: Engine, target: TargetImage, plans: list[LayerPlan], chain_ok:
     return target.config_digest
 
 
-def _write_layout(dest: Path, target: TargetImage, plans: list[LayerPlan], log: Callable[[str], None]) -> str:
-    """The new image as an OCI layout: blobs first, index.json last (atomically). Layers made
-    here are stored uncompressed (the registry's compressed bytes cannot be made on a device),
-    so the manifest differs from the registry's exactly there; its config, image ID and every
-    diff_id are the target's. With no layer made here, the manifest is the target's own."""
+def _write_layout(dest: Path, target: TargetImage, plans: list[LayerPlan], log: Callable[[str], None],
+                  recompress: Recompressor | None = None) -> str:
+    """The new image as an OCI layout: blobs first, index.json last (atomically). A layer
+    made here is compressed again with ``recompress`` (the builder's compressor: forge's,
+    from ``forge apply-delta``) and kept when that gives the target's very blob, so the
+    manifest is the target's own; otherwise (a device with the standard library alone, or
+    another compressor build) it is stored uncompressed and the manifest differs exactly
+    there, its config, image ID and every diff_id being the target's."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     descriptors = []
     changed = False
     for p in plans:
+        if p.blob is None and p.tar is not None and recompress is not None:
+            made = recompress(p.tar, p.layer.compression, blobs)
+            if made is not None and sha256_file(made) == p.layer.digest:
+                p.blob = made
+            elif made is not None:
+                log(f"  layer {p.index}: compressed again it is not the target's blob (another "
+                    "compressor build); stored uncompressed")
+                made.unlink()
         if p.blob is not None:
             _place(p.blob, blobs / hex_of(p.layer.digest))
             descriptors.append(None)
@@ -1325,16 +1340,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, decoders: dict[str, Decoder] | None = None) -> int:
-    """The command line; ``decoders`` adds codecs by media type (``forge apply-delta``
-    passes its plugins')."""
+def main(argv: list[str] | None = None, decoders: dict[str, Decoder] | None = None,
+         recompress: Recompressor | None = None) -> int:
+    """The command line; ``decoders`` adds codecs by media type and ``recompress`` the
+    compressor of the layers' builder (``forge apply-delta`` passes its plugins' codecs
+    and forge's own compressor)."""
     args = parser().parse_args(argv)
     started = time.monotonic()
     try:
         report = apply_delta(args.source, base_engine=args.base_engine, base_layout=args.base_layout,
                              load=args.load, tag=args.tag, output=args.output, target=args.target,
                              fallback=not args.no_fallback, insecure=args.insecure,
-                             work_dir=args.work_dir, decoders=decoders)
+                             work_dir=args.work_dir, decoders=decoders, recompress=recompress)
     except DeltaError as e:
         print(f"forge-apply-delta: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -17,6 +17,8 @@ decoder, so what ``forge apply-delta`` does is what a device does.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -213,9 +215,27 @@ def forge_cli_commands() -> dict[str, Any]:
         codecs = forge.oci.delta_codecs(_workspace_root())
         decoders = {c.media_type: c.apply for c in codecs.by_media_type().values()
                     if c.media_type not in forge.delta_apply.DECODERS}
-        raise SystemExit(forge.delta_apply.main(list(args), decoders=decoders))
+        raise SystemExit(forge.delta_apply.main(list(args), decoders=decoders, recompress=recompress))
 
     return {"delta": delta, "apply-delta": apply_delta}
+
+
+def recompress(tar: Path, compression: str, directory: Path) -> Path | None:
+    """A reconstructed layer tar compressed as forge writes layers (``forge.oci.store_tar``,
+    default level): the built image's very blob when the same compressor build made it,
+    so ``apply-delta --output`` writes the built manifest itself."""
+    if compression not in ("gzip", "zstd"):
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix=".recompress-", dir=directory))
+    try:
+        cas = forge.CAS(scratch)
+        with open(tar, "rb") as fh:
+            layer = forge.oci.store_tar(cas, fh, compression=compression)
+        out = directory / f".recompressed-{layer.digest.split(':')[1]}"
+        os.replace(cas.path(layer.digest), out)
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _workspace_root() -> str | None:

@@ -11,6 +11,7 @@ runs). Tests never edit the repository's own examples.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -210,3 +211,49 @@ def test_production_images_are_slim_and_run(examples):
         # graphics/minimize-<platform>-args: ADDITIONAL_FILES=/etc/atom came along
         assert "GL_DRIVER=" in client.containers.run(ref, ["cat", "/etc/atom/graphics.env"],
                                                      remove=True).decode()
+
+
+def test_a_delta_between_two_releases_of_the_production_image_rebuilds_it_exactly(examples, tmp_path):
+    """Issue 17's round trip on the Atom example itself: release 1 of
+    graphics-amd64-production kept as a layout, one source line of libatomhello edited,
+    release 2 built with its delta; applied from the layout it is the built manifest, and
+    on an engine holding release 1 it is the built image ID."""
+    client = require_docker()
+    label = "//atom:graphics-amd64-production"
+    one = build(examples, label)
+    v1 = next(t for t in one.summary()["targets"] if t["label"] == label)["digest"]
+    rel1 = examples.root / "atom/releases/graphics-amd64-1"
+    shutil.rmtree(rel1, ignore_errors=True)
+    shutil.copytree(examples.root / "forge-out/atom/graphics-amd64-production", rel1)
+    tag1 = f"forge-test/atom-release:{uuid.uuid4().hex[:8]}"
+    build(examples, label, "--load", "--tag", tag1)
+    build_file = examples.root / "atom/BUILD"
+    source = examples.root / "languages/c/libatomhello/atomhello.c"
+    original_build, original_source = build_file.read_text(), source.read_text()
+    build_file.write_text(original_build + (
+        '\nimage_delta(name = "graphics-amd64-delta", image = ":graphics-amd64-production",\n'
+        '            releases = ["releases/graphics-amd64-1"])\n'))
+    source.write_text(original_source + f"/* release 2: {uuid.uuid4().hex} */\n"
+                      "int atomhello_release(void) { return 2; }\n")
+    try:
+        two = build(examples, label, "//atom:graphics-amd64-delta")
+        v2 = next(t for t in two.summary()["targets"] if t["label"] == label)["digest"]
+        assert v2 != v1
+        delta_dir = examples.root / "forge-out/atom/graphics-amd64-delta"
+        out = examples.run("apply-delta", str(delta_dir), "--base-layout", str(rel1), "--output",
+                           str(tmp_path / "v2"), "--work-dir", str(tmp_path / "work")).assert_success()
+        assert ": delta" in out.stdout
+        index = json.loads((tmp_path / "v2/index.json").read_text())
+        assert index["manifests"][0]["digest"] == v2
+        loaded = examples.run("apply-delta", str(delta_dir), "--base-engine", tag1, "--load",
+                              "--tag", tag1 + "-2", "--work-dir", str(tmp_path / "work2")).assert_success()
+        cas = CAS(examples.cache / "cas")
+        config = json.loads(cas.read_bytes(v2))["config"]["digest"]
+        assert client.images.get(tag1 + "-2").id == config, loaded.stdout
+    finally:
+        build_file.write_text(original_build)
+        source.write_text(original_source)
+        shutil.rmtree(rel1.parent, ignore_errors=True)
+        for tag in (tag1, tag1 + "-2"):
+            with contextlib.suppress(Exception):
+                client.images.remove(tag)

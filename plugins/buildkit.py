@@ -196,7 +196,7 @@ _STEP = re.compile(r"^#(\d+) (\[.*)$")  # "#5 [stage-0 2/4] RUN ..."
 _STEP_LINE = re.compile(r"^#(\d+) (?:\d+\.\d+ )?(.*)$")
 
 
-def run_build(client: Client, *, host: str, context: io.BytesIO, dockerfile: str,
+def run_build(client: Client, *, host: str, tls: str | None = None, context: io.BytesIO, dockerfile: str,
               build_args: dict[str, str], target: str | None, platform: str | None,
               network: str, secrets: dict[str, str], ssh: Iterable[str], iidfile: Path,
               log: Callable[[str], None], cancelled: threading.Event,
@@ -204,9 +204,13 @@ def run_build(client: Client, *, host: str, context: io.BytesIO, dockerfile: str
     """Run one build; the image ID. Build args travel in the CLI's environment
     (``--build-arg NAME`` reads it), so their values are in no process list; secret
     sources are files or env names, never values."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKIT_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BUILDKIT_") and k not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+                                                          "DOCKER_CONTEXT")}
     env.update(DOCKER_HOST=host, DOCKER_BUILDKIT="1", BUILDKIT_PROGRESS="plain",
                DOCKER_CLI_HINTS="false")
+    if tls:  # the engine verifies its clients: the CLI presents the member's certificate
+        env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=tls)
     argv = [*client.argv(), "--progress", "plain", "-f", dockerfile, "--iidfile", str(iidfile),
             "--network", network]
     if platform:

@@ -51,15 +51,19 @@ START_HINT = (
 )
 _KEYS = ("hosts", "pools", "transfer", "builder", "cli")
 _BUILDERS = ("auto", "buildkit", "classic")
-_MEMBER_KEYS = ("url", "capacity")
+_MEMBER_KEYS = ("url", "capacity", "tls")
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # DOCKER_CERT_PATH's names
 HINTS_FILE = "engine-hints.json"  # action id -> the engine URL that ran it last
 BASE_REPO = "forge-base"  # forge's images, named by config digest
 BUILD_REPO = "forge-build"  # the builders' results, tagged with forge's config hex
 _TRANSFERS = ("auto", "save")
 
 
-def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Platform, list[tuple[str, int]]]:
-    """``[executors.docker.pools]``: platform = [url | {url = "...", capacity = N}, ...]."""
+def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Platform, list[tuple[str, int, str | None]]]:
+    """``[executors.docker.pools]``: platform = [url | {url = "...", capacity = N,
+    tls = "certs/builder-2"}, ...]; ``tls`` is a DOCKER_CERT_PATH-style directory
+    (ca.pem, cert.pem, key.pem; relative to the workspace) for a ``tcp://`` engine that
+    verifies its clients."""
     if not isinstance(table, dict):
         raise forge.ConfigError(f"{workspace.where('executors', 'docker', 'pools')}: [executors.docker] "
                                 "pools must be a table platform = [engine URLs]")
@@ -67,7 +71,7 @@ def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Plat
     for key in hosts:
         with contextlib.suppress(Exception):
             named[forge.parse_platform(key)] = key
-    pools: dict[forge.Platform, list[tuple[str, int]]] = {}
+    pools: dict[forge.Platform, list[tuple[str, int, str | None]]] = {}
     for key, entries in table.items():
         where = f"{workspace.where('executors', 'docker', 'pools', key)}: [executors.docker.pools] {key}"
         try:
@@ -82,7 +86,7 @@ def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Plat
         if not isinstance(entries, list) or not entries:
             raise forge.ConfigError(f"{where} should be a non-empty list of engine URLs or "
                                     '{url = "...", capacity = N} tables')
-        members: list[tuple[str, int]] = []
+        members: list[tuple[str, int, str | None]] = []
         for i, entry in enumerate(entries):
             at = f"{where}[{i}]"
             if isinstance(entry, dict):
@@ -91,22 +95,65 @@ def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Plat
                     raise forge.ConfigError(f"{at}: unknown key '{unknown[0]}'"
                                             f"{forge.did_you_mean(unknown[0], _MEMBER_KEYS)}; "
                                             f"valid keys: {', '.join(_MEMBER_KEYS)}")
-                url, capacity = entry.get("url"), entry.get("capacity", 1)
+                url, capacity, tls = entry.get("url"), entry.get("capacity", 1), entry.get("tls")
             else:
-                url, capacity = entry, 1
+                url, capacity, tls = entry, 1, None
             if not isinstance(url, str) or not url or "\0" in url or "://" not in url:
                 raise forge.ConfigError(f"{at}: an engine URL (unix://…, tcp://host:port) is needed, "
                                         f"got {url!r}")
             if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
                 raise forge.ConfigError(f"{at}: capacity should be a whole number ≥ 1, got {capacity!r}")
-            if any(url == u for u, _ in members):
+            if any(url == u for u, _, _ in members):
                 raise forge.ConfigError(f"{at}: {url} is in this pool twice")
-            members.append((url, capacity))
+            if tls is not None:
+                tls = _tls_dir(workspace, tls, url, at)
+            members.append((url, capacity, tls))
         pools[platform] = members
     return pools
 
 
-def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str, dict[forge.Platform, list[tuple[str, int]]]]:
+def _tls_dir(workspace: Any, value: Any, url: str, at: str) -> str:
+    """The absolute cert directory of a TLS member, checked: a tcp:// URL, the three files."""
+    if not isinstance(value, str) or not value:
+        raise forge.ConfigError(f"{at}: tls should be a directory holding {', '.join(TLS_FILES)}")
+    if not url.startswith("tcp://"):
+        raise forge.ConfigError(f"{at}: tls is for tcp:// engines, not {url}")
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else Path(workspace.root) / path
+    missing = [f for f in TLS_FILES if not (path / f).is_file()]
+    if missing:
+        raise forge.ConfigError(f"{at}: tls = {value!r}: {path} lacks {', '.join(missing)} "
+                                "(the DOCKER_CERT_PATH layout: ca.pem, cert.pem, key.pem)")
+    return str(path)
+
+
+def _client_for(url: str, tls: str | None, timeout: float) -> Any:
+    """A docker-py client of ``url``, verifying the engine and presenting the client
+    certificate of ``tls`` (a DOCKER_CERT_PATH directory) when given."""
+    import docker
+
+    if not tls:
+        return docker.DockerClient(base_url=url, timeout=timeout)
+    config = docker.tls.TLSConfig(client_cert=(f"{tls}/cert.pem", f"{tls}/key.pem"),
+                                  ca_cert=f"{tls}/ca.pem", verify=True)
+
+    def connect(version: str) -> Any:
+        # with a version given docker-py asks nothing before trust_env is off; and off it
+        # must be: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's
+        # own CA (psf/requests#3829), and the member's CA is the one that verifies it
+        client = docker.DockerClient(base_url=url, timeout=timeout, tls=config, version=version)
+        client.api.trust_env = False
+        return client
+
+    probe = connect(docker.constants.MINIMUM_DOCKER_API_VERSION)
+    try:
+        version = probe.version(api_version=False)["ApiVersion"]
+    finally:
+        probe.close()
+    return connect(version)
+
+
+def _settings(workspace: Any) -> tuple[dict[forge.Platform, str], str, dict[forge.Platform, list[tuple[str, int, str | None]]]]:
     table = workspace.section("executors").get("docker", {})
     unknown = set(table) - set(_KEYS)
     if unknown:
@@ -148,9 +195,10 @@ class Member:
     """One engine of a pool: its URL, how many builds it may run at once (None: no
     bound of its own, for ``hosts`` and the default engine) and how many it runs."""
 
-    def __init__(self, url: str, capacity: int | None):
+    def __init__(self, url: str, capacity: int | None, tls: str | None = None):
         self.url = url
         self.capacity = capacity
+        self.tls = tls  # a DOCKER_CERT_PATH directory, for a tcp:// engine with --tlsverify
         self.running = 0
 
     def free(self) -> bool:
@@ -213,12 +261,10 @@ class Pool:
                 + ", ".join(f"{m.url} ({self.down.get(m.url, 'up')})" for m in self.members))
 
 
-def _answers(url: str, timeout: float = 5.0) -> bool:
+def _answers(url: str, tls: str | None = None, timeout: float = 5.0) -> bool:
     """Whether the engine at ``url`` answers a ping now (a fresh connection)."""
-    import docker
-
     try:
-        client = docker.DockerClient(base_url=url, timeout=timeout)
+        client = _client_for(url, tls, timeout)
     except Exception:  # noqa: BLE001
         return False
     try:
@@ -242,8 +288,10 @@ class DockerExecutor(forge.Executor):
         self._engine_info: dict[str, dict[str, Any]] = {}
         self._down: dict[str, str] = {}  # engine URL -> why it is down (for the process)
         self.pools: dict[forge.Platform | None, Pool] = {
-            platform: Pool(platform, [Member(url, capacity) for url, capacity in members], self._down)
+            platform: Pool(platform, [Member(url, capacity, tls) for url, capacity, tls in members], self._down)
             for platform, members in pools.items()}
+        # engine URL -> its DOCKER_CERT_PATH directory (TLS pool members)
+        self.tls = {url: tls for members in pools.values() for url, _, tls in members if tls}
         self._holders: dict[str, set[str]] = {}  # config digest -> engines that hold it
         self._hints: dict[str, str] | None = None  # action id -> engine that ran it last
         self._hints_lock = threading.Lock()
@@ -283,13 +331,11 @@ class DockerExecutor(forge.Executor):
                     for m in pool.members]
 
     def client(self, platform: forge.Platform | None, host: str | None = None) -> Any:
-        import docker
-
         host = host or self.host_for(platform)
         with self._lock:
             if host not in self._clients:
                 try:
-                    client = docker.DockerClient(base_url=host, timeout=600)
+                    client = _client_for(host, self.tls.get(host), 600)
                     client.ping()
                 except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
                     raise forge.ExecutorError(f"no Docker engine answers at {host}: {exc}; {START_HINT}") from None
@@ -543,7 +589,7 @@ class DockerExecutor(forge.Executor):
                 image = self._build_on(rc, member.url, package_dir=package_dir, base=base,
                                        images=images or {})
             except Exception as exc:
-                if not pool.configured or rc.cancelled.is_set() or _answers(member.url):
+                if not pool.configured or rc.cancelled.is_set() or _answers(member.url, member.tls):
                     raise  # a failing step on a live engine, or the only engine there is
                 why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                 first = pool.mark_down(member, why)
@@ -627,7 +673,7 @@ class DockerExecutor(forge.Executor):
             bk, _ = self.buildkit_client()
             assert bk is not None
             image_id = buildkit.run_build(
-                bk, host=host, context=context, dockerfile=rel_dockerfile, build_args=args,
+                bk, host=host, tls=self.tls.get(host), context=context, dockerfile=rel_dockerfile, build_args=args,
                 target=p["target"], platform=str(forge.buildx_spelling(platform)) if platform else None,
                 network=network, syntax=buildkit.syntax_directive(text), display=_display(rc),
                 secrets=rc.secrets, ssh=rc.ssh, iidfile=rc.tempdir() / "iid", log=rc.log,
@@ -775,6 +821,30 @@ def build_context(package_dir: Path, root: str, relpaths: list[str],
 @forge.hookimpl
 def forge_register_executors(registry: Any) -> None:
     registry.add("docker", DockerExecutor)
+
+
+@forge.hookimpl(tryfirst=True)
+def forge_prepare_platform(platform: forge.Platform, executor: str, workspace: Any) -> str | None:
+    """A platform whose pool members all report that architecture needs no emulation
+    here (a pool of native arm64 builders); anything else is for the next plugin (QEMU)."""
+    if executor != "docker" or platform.architecture == forge.host_platform().architecture:
+        return None
+    try:
+        members = _settings(workspace)[2].get(platform)
+    except forge.ConfigError:
+        return None
+    if not members:
+        return None
+    for url, _, tls in members:
+        try:
+            client = _client_for(url, tls, 10)
+            info = client.version()
+            client.close()
+        except Exception:  # noqa: BLE001 - a member that does not answer: no promise
+            return None
+        if info.get("Arch") != platform.architecture:
+            return None
+    return f"native {platform} engines ({', '.join(u for u, _, _ in members)})"
 
 
 @forge.hookimpl(tryfirst=True)

@@ -89,6 +89,7 @@ class Engine:
     port: int
     process: subprocess.Popen
     client: Any = None
+    tls: Path | None = None  # the client's DOCKER_CERT_PATH when the engine verifies clients
 
     @property
     def host(self) -> str:
@@ -141,7 +142,9 @@ class Engine:
 
     # -- life ------------------------------------------------------------------------------
     @classmethod
-    def start(cls) -> Engine:
+    def start(cls, tls: Path | None = None) -> Engine:
+        """``tls``: a directory from ``make_certs``: the TCP address then takes only
+        clients with a certificate of its CA (``--tlsverify``)."""
         root = Path(tempfile.mkdtemp(prefix="forge-engine-"))
         port = free_port()
         log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - the daemon writes it until stop
@@ -154,10 +157,13 @@ class Engine:
             "-H", f"tcp://127.0.0.1:{port}",
             "--bridge=none", "--iptables=false", "--ip-masq=false",
         ]
+        if tls is not None:
+            args += ["--tlsverify", "--tlscacert", str(tls / "ca.pem"),
+                     "--tlscert", str(tls / "server-cert.pem"), "--tlskey", str(tls / "server-key.pem")]
         with log:
             process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        return cls(root, port, process)
+        return cls(root, port, process, tls=tls / "client" if tls is not None else None)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str | None:
         """None once the engine answers ping on its TCP address, else why not."""
@@ -169,7 +175,14 @@ class Engine:
             if self.process.poll() is not None:
                 return f"dockerd exited with {self.process.returncode}"
             try:
-                client = docker.DockerClient(base_url=self.host, timeout=120)
+                config = False
+                if self.tls is not None:
+                    config = docker.tls.TLSConfig(
+                        client_cert=(str(self.tls / "cert.pem"), str(self.tls / "key.pem")),
+                        ca_cert=str(self.tls / "ca.pem"), verify=True)
+                kwargs = {"version": "1.41"} if config else {}  # asks nothing before trust_env
+                client = docker.DockerClient(base_url=self.host, timeout=120, tls=config, **kwargs)
+                client.api.trust_env = False  # REQUESTS_CA_BUNDLE would replace our CA
                 client.ping()
             except Exception as e:  # noqa: BLE001 - not up yet
                 last = f"{type(e).__name__}: {e}"
@@ -204,7 +217,33 @@ class Engine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_engine() -> tuple[Engine | None, str]:
+def make_certs(directory: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl:
+    ``directory`` holds ca.pem, server-cert.pem, server-key.pem, and ``client/`` the
+    client's DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    client = directory / "client"
+    client.mkdir(exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=forge-test-ca",
+        "-keyout", "ca-key.pem", "-out", "ca.pem")
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for who in ("server", "client"):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=forge-test-{who}",
+            "-keyout", f"{who}-key.pem", "-out", f"{who}.csr")
+        ssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{who}.ext", "-out", f"{who}-cert.pem")
+    shutil.copy(directory / "ca.pem", client / "ca.pem")
+    shutil.copy(directory / "client-cert.pem", client / "cert.pem")
+    shutil.copy(directory / "client-key.pem", client / "key.pem")
+    return directory
+
+
+def start_engine(tls: Path | None = None) -> tuple[Engine | None, str]:
     """A started, answering engine, or None and why not (with the log's tail)."""
     if not DOCKERD.exists():
         return None, f"{DOCKERD} is missing (apt-get install docker.io)"
@@ -212,7 +251,7 @@ def start_engine() -> tuple[Engine | None, str]:
         return None, "a second dockerd needs root"
     why = ""
     for _attempt in range(3):  # the free port may be taken between probe and bind
-        engine = Engine.start()
+        engine = Engine.start(tls)
         why = engine.wait_ready()
         if why is None:
             return engine, ""

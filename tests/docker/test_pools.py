@@ -136,6 +136,8 @@ def test_pool_prefers_then_balances_then_waits():
     ('amd64 = [{url = "tcp://x:1", cap = 2}]', "amd64[0]: unknown key 'cap'"),
     ('amd64 = ["tcp://x:1", "tcp://x:1"]', "amd64[1]: tcp://x:1 is in this pool twice"),
     ('bogus = ["tcp://x:1"]', "[executors.docker.pools] bogus"),
+    ('amd64 = [{url = "tcp://x:1", tls = "certs"}]', "lacks ca.pem, cert.pem, key.pem"),
+    ('amd64 = [{url = "unix:///x.sock", tls = "certs"}]', "tls is for tcp:// engines"),
 ])
 def test_pool_settings_are_checked_at_their_line(forge_workspace, entry, message):
     ws = forge_workspace({"WORKSPACE.toml": f'[workspace]\nname = "ws"\n\n[executors.docker.pools]\n{entry}\n',
@@ -242,3 +244,60 @@ def test_killed_engine_reruns_its_actions_elsewhere_with_the_same_digests(
     one = six_ws(forge_workspace, nonce, [], cache=tmp_path / "one", name="one", reproducible=True)
     alone = one.run("build", "//app:all", "-j", "6", "--json").assert_success()
     assert digests(alone) == pooled
+
+
+def test_a_pool_of_native_engines_needs_no_emulation(monkeypatch, tmp_path):
+    """forge_prepare_platform of the docker plugin: arm64 served by members that all say
+    arm64 is native; one amd64 member (as the engines of this machine) is not."""
+    from forge.core.workspace import load_workspace
+    from forge.plugins import docker as plugin
+
+    (tmp_path / "WORKSPACE.toml").write_text(
+        '[workspace]\nname = "ws"\n[executors.docker.pools]\narm64 = ["tcp://a:1", "tcp://b:1"]\n')
+    workspace = load_workspace(tmp_path)
+    arm64 = plugin.forge.parse_platform("linux/arm64")
+    arches = {"tcp://a:1": "arm64", "tcp://b:1": "arm64"}
+
+    class Fake:
+        def __init__(self, url):
+            self.url = url
+
+        def version(self):
+            return {"Os": "linux", "Arch": arches[self.url]}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(plugin, "_client_for", lambda url, tls, timeout: Fake(url))
+    assert plugin.forge_prepare_platform(arm64, "docker", workspace) == \
+        "native linux/arm64/v8 engines (tcp://a:1, tcp://b:1)"
+    arches["tcp://b:1"] = "amd64"
+    assert plugin.forge_prepare_platform(arm64, "docker", workspace) is None
+    assert plugin.forge_prepare_platform(arm64, "podman", workspace) is None
+
+
+@pytest.mark.integration
+def test_a_tls_member_is_reached_with_its_client_certificate(forge_workspace, docker_client, tmp_path):
+    """A dockerd with --tlsverify: forge's client and the BuildKit CLI both present the
+    member's certificate (DOCKER_CERT_PATH layout); without it the engine refuses."""
+    certs = engines.make_certs(tmp_path / "certs")
+    engine, why = engines.start_engine(tls=certs)
+    if engine is None:
+        pytest.fail(f"the TLS engine could not start: {why}")
+    try:
+        nonce = uuid.uuid4().hex
+        ws = six_ws(forge_workspace, nonce, [], cache=tmp_path / "cache", name="tls")
+        shutil.copytree(certs / "client", ws.root / "certs/builder")
+        ws.write({"WORKSPACE.toml": pool_toml(
+            [f'{{url = "{engine.host}", tls = "certs/builder"}}'])})
+        out = ws.run("build", "//app:t0", "--json").assert_success()
+        (step,) = docker_builds(out.events)
+        assert step["engine"] == engine.host and step["status"] == "built"
+        assert step.get("builder") in ("buildkit", "classic")
+        # the same engine without the certificate: it refuses, and forge says where
+        ws.write({"WORKSPACE.toml": pool_toml([f'"{engine.host}"'])})
+        failed = ws.run("build", "//app:t1", "--json")
+        assert failed.exit_code != 0
+        assert engine.host in failed.stdout + failed.stderr
+    finally:
+        engine.stop()

@@ -8,7 +8,8 @@
 
 Namespaces (each a module, loaded on first use):
 
-- ``sbom``: package state from layers, SPDX 2.3 / CycloneDX 1.6 documents (validated);
+- ``sbom``: package state from layers, SPDX 2.3 / CycloneDX 1.6 documents (validated),
+  drafts about a placeholder digest and ``bind`` to put the image's in;
 - ``provenance``: the SLSA v1 statement of an image from its action graph;
 - ``signing``: ECDSA P-256 keys, DER signatures that ``openssl dgst -sha256 -verify``
   checks;

@@ -11,12 +11,17 @@ Configured in WORKSPACE.toml (all off by default: a build without them is unchan
 
 What it adds, and where:
 
-* **Actions** (``forge_attach_actions``), for every requested image target: ``Sbom`` (its
-  first dependency is the image; the others are ``ImagePackages`` scans of the image
-  targets it is built on, so a production image's SBOM reads only the layers its base
-  lacks) and ``Provenance`` (every action of the image's graph is a dependency, every
-  source file an input). Both are ordinary cached actions: a no-op build costs a key
-  and a cache hit each, and nothing runs.
+* **Actions** (``forge_attach_actions``), for every requested image target: the SBOM
+  in four steps — ``ImagePackages`` (the image's dpkg state: its layers streamed once,
+  starting from the ``ImagePackages`` scan of the image target it is built on, so a
+  production image's scan reads only the layers its base lacks), ``SbomPackages`` (that
+  state less the digests of the layers it covers), ``SbomDraft`` (both documents of
+  those packages, written and validated by their libraries, about a placeholder digest;
+  keyed by the packages, so an edit that leaves them as they were does not re-run it)
+  and ``Sbom`` (the drafts with the image's digest put in: milliseconds) — and
+  ``Provenance`` (every action of the image's graph is a dependency, every source file
+  an input). All are ordinary cached actions: a no-op build costs a
+  key and a cache hit each, and nothing runs.
 * **forge-out** (``forge_target_materialized``): ``sbom.spdx.json``, ``sbom.cdx.json``,
   ``provenance.intoto.json`` beside the layout, and the same documents as referrer
   artifacts in the layout's ``index.json`` (plus a signature artifact when a key is set).
@@ -68,7 +73,8 @@ TITLE = "org.opencontainers.image.title"
 
 CONFIG: dict[str, type] = {"sbom": bool, "provenance": bool, "signing_key": str, "builder_id": str,
                            "validate": bool}
-SBOM, PACKAGES, PROVENANCE = "Sbom", "ImagePackages", "Provenance"
+SBOM, SBOM_DRAFT, SBOM_PACKAGES, PACKAGES, PROVENANCE = (
+    "Sbom", "SbomDraft", "SbomPackages", "ImagePackages", "Provenance")
 FILES = {"spdx": "sbom.spdx.json", "cyclonedx": "sbom.cdx.json", "provenance": "provenance.intoto.json"}
 
 
@@ -122,14 +128,14 @@ def _image_deps(ctx: Any, target: Any) -> list[Any]:
 
 
 def _packages_action(ctx: Any, target: Any) -> forge.Action:
-    """The package scan of an image target the requested one is built on (memoized per
-    build: two images on one base share it)."""
+    """The package scan of an image target: the requested one's, and those of the image
+    targets it is built on (memoized per build: two images on one base share it)."""
     key = ("supply_chain.packages", target.label)
     if key not in ctx.memo:
         info = target[forge.ImageInfo]
         ctx.memo[key] = ctx.action(
             target, PACKAGES, scan_packages, deps=[info.action, *_base_scans(ctx, target)],
-            params={"documents": False}, description="dpkg database of the image")
+            description="dpkg database of the image")
     return ctx.memo[key]
 
 
@@ -145,12 +151,23 @@ def forge_attach_actions(target: Any, ctx: Any) -> list[forge.Action] | None:
     info = target[forge.ImageInfo]
     out = []
     if s.sbom:
-        out.append(ctx.action(
-            target, SBOM, scan_packages, deps=[info.action, *_base_scans(ctx, target)],
+        # Four actions, so that an edit that changes the image but not its packages (most
+        # edits: what the SBOM lists is the dpkg database) re-runs only the scan and the
+        # binding, milliseconds apart from the scan: the draft is keyed by the packages
+        # (the scan's state less the layer digests it covers), not by the image.
+        packages = ctx.action(target, SBOM_PACKAGES, package_contents,
+                              deps=[_packages_action(ctx, target)],
+                              description="the image's package state, without its layer digests")
+        draft = ctx.action(
+            target, SBOM_DRAFT, draft_sbom, deps=[packages],
             # the documents' created time is the build's epoch
             timestamps=True, platform=info.platform,
-            params={"documents": True, "target": str(target.label), "validate": s.validate,
+            params={"target": str(target.label), "validate": s.validate,
                     "tool": f"forge-{forge.__version__}"},
+            description="SPDX 2.3 + CycloneDX 1.6 of the packages, validated")
+        out.append(ctx.action(  # the created time is the draft's
+            target, SBOM, bind_sbom, deps=[info.action, draft], platform=info.platform,
+            params={"target": str(target.label)},
             description="SPDX 2.3 + CycloneDX 1.6"))
     if s.provenance:
         provenance = forge.supply.provenance
@@ -166,8 +183,8 @@ def forge_attach_actions(target: Any, ctx: Any) -> list[forge.Action] | None:
 
 
 def scan_packages(rc: forge.RunContext) -> forge.ActionResult:
-    """The image's package state (from the longest base scan that is a prefix of it, plus
-    its own layers) and, for ``Sbom``, the SPDX and CycloneDX documents."""
+    """``ImagePackages``: the image's package state, from the longest base scan that is a
+    prefix of it, plus its own layers."""
     sbom = forge.supply.sbom
     image = forge.dep_image(rc, rc.action.deps[0])
     starts = [sbom.PackageState.from_bytes(rc.cas.read_bytes(rc.dep(d).outputs["state"].digest))
@@ -176,19 +193,60 @@ def scan_packages(rc: forge.RunContext) -> forge.ActionResult:
     state = sbom.scan(rc.cas, image, start)
     rc.log(f"read {len(image.layers) - len(start.layers) if start else len(image.layers)} of "
            f"{len(image.layers)} layers ({len(start.layers) if start else 0} from the base's scan)")
-    outputs = {"state": rc.cas.put_bytes(state.to_bytes()).typed(sbom.STATE_MEDIA_TYPE)}
+    # the platform of the image's config, for the documents (a fact of the result, so in
+    # the key of the draft that reads it)
+    return _state_result(rc, state, {"platform": str(image.platform or "")})
+
+
+def _state_result(rc: forge.RunContext, state: Any, metadata: dict[str, Any]) -> forge.ActionResult:
+    sbom = forge.supply.sbom
     blobs = [forge.Descriptor(d, rc.cas.size(d)) for d in state.blobs()]
+    return rc.result({"state": rc.cas.put_bytes(state.to_bytes()).typed(sbom.STATE_MEDIA_TYPE)},
+                     blobs=blobs, metadata=metadata)
+
+
+def package_contents(rc: forge.RunContext) -> forge.ActionResult:
+    """``SbomPackages``: the state of the ``ImagePackages`` dependency without the layer
+    digests it covers (which only a scan of a derived image needs), so that what depends
+    on it depends on the packages and files alone."""
+    sbom = forge.supply.sbom
+    scanned = rc.dep(rc.action.deps[0])
+    state = sbom.PackageState.from_bytes(rc.cas.read_bytes(scanned.outputs["state"].digest))
+    return _state_result(rc, sbom.PackageState([], state.entries, state.hashes), dict(scanned.metadata))
+
+
+def draft_sbom(rc: forge.RunContext) -> forge.ActionResult:
+    """``SbomDraft``: the SPDX and CycloneDX documents of a package state (the one
+    dependency, ``SbomPackages``), written by their libraries and validated by them,
+    about the image target of the params with ``PLACEHOLDER_DIGEST`` for its digest."""
+    sbom = forge.supply.sbom
+    scanned = rc.dep(rc.action.deps[0])
+    state = sbom.PackageState.from_bytes(rc.cas.read_bytes(scanned.outputs["state"].digest))
     packages = sbom.packages(rc.cas, state)
-    if rc.params["documents"]:
-        subject = sbom.ImageSubject(rc.params["target"], image.digest, str(image.platform or ""), rc.epoch)
-        distro = sbom.os_release(rc.cas, state)
-        tool, validate = rc.params["tool"], rc.params["validate"]
-        outputs["spdx"] = rc.cas.put_bytes(sbom.spdx_json(
-            subject, packages, distro, state.hashes, tool, validate=validate)).typed(sbom.SPDX_MEDIA_TYPE)
-        outputs["cyclonedx"] = rc.cas.put_bytes(sbom.cyclonedx_json(
-            subject, packages, distro, state.hashes, tool, validate=validate)).typed(sbom.CYCLONEDX_MEDIA_TYPE)
-        rc.log(f"{len(packages)} packages, {sum(len(p.md5sums) for p in packages)} files named by status.d")
-    return rc.result(outputs, blobs=blobs, metadata={"packages": len(packages)})
+    platform = scanned.metadata["platform"]
+    subject = sbom.draft_subject(rc.params["target"], platform, rc.epoch)
+    distro = sbom.os_release(rc.cas, state)
+    tool, validate = rc.params["tool"], rc.params["validate"]
+    outputs = {
+        "spdx": rc.cas.put_bytes(sbom.spdx_json(
+            subject, packages, distro, state.hashes, tool, validate=validate)).typed(sbom.SPDX_MEDIA_TYPE),
+        "cyclonedx": rc.cas.put_bytes(sbom.cyclonedx_json(
+            subject, packages, distro, state.hashes, tool, validate=validate)).typed(sbom.CYCLONEDX_MEDIA_TYPE)}
+    rc.log(f"{len(packages)} packages, {sum(len(p.md5sums) for p in packages)} files named by status.d"
+           + ("" if validate else "; not validated (validate = false)"))
+    return rc.result(outputs, metadata={"packages": len(packages), "platform": platform})
+
+
+def bind_sbom(rc: forge.RunContext) -> forge.ActionResult:
+    """``Sbom``: the drafts (second dependency) about the image (first): its digest in
+    the fields that derive from it (``forge.supply.sbom.bind``, which reads no epoch)."""
+    sbom = forge.supply.sbom
+    image, draft = (rc.dep(d) for d in rc.action.deps)
+    subject = sbom.ImageSubject(rc.params["target"], image.outputs["manifest"].digest,
+                                draft.metadata["platform"])
+    outputs = {kind: rc.cas.put_bytes(sbom.bind(kind, rc.cas.read_bytes(d.digest), subject)).typed(d.media_type)
+               for kind, d in draft.outputs.items()}
+    return rc.result(outputs, metadata=dict(draft.metadata))
 
 
 def write_provenance(rc: forge.RunContext) -> forge.ActionResult:

@@ -66,7 +66,9 @@ def test_resolved_dependencies_change_when_and_only_when_an_input_changes(forge_
     # a parameter is not an input: the image's key changes, its dependencies do not
     ws.write({"BUILD": DEFAULT_BUILD.replace('"MODE": "edge"', '"MODE": "prod"')})
     out = ws.run("build", "//:app", "--json").assert_success()
-    assert "//:app#Provenance.2" in out.executed()
+    assert "//:app#Provenance.5" in out.executed()
+    # the image changed, its packages did not: the SBOM is re-bound, not re-drafted
+    assert "//:app#Sbom.4" in out.executed() and "//:app#SbomDraft.3" not in out.executed()
     assert resolved(ws) == first
     assert keys(ws)["//:app#Image.0"] != first_keys["//:app#Image.0"]
     assert keys(ws)["//:conf#Layer.0"] == first_keys["//:conf#Layer.0"]

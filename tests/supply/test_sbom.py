@@ -10,10 +10,11 @@ import tarfile
 import pytest
 
 import forge
+from forge.core import sbom
 from forge.core.cas import CAS
 from forge.core.sbom import PackageState, packages, scan
 from tests.services import testdata
-from tests.supply.util import BUSYBOX, STATUS, SUPPLY, out_json, workspace_files
+from tests.supply.util import BUSYBOX, OS_RELEASE, STATUS, SUPPLY, out_json, target, workspace_files
 
 
 def validate_spdx(path) -> None:
@@ -36,7 +37,9 @@ def test_sbom_of_an_image_lists_its_installed_packages_and_validates(forge_works
     ws = forge_workspace(workspace_files(testdata(BUSYBOX), config=SUPPLY))
     out = ws.run("build", "//:app", "--json").assert_success()
     statuses = out.statuses()
-    assert statuses["//:app#Sbom.1"] == "built"
+    assert statuses["//:app#Sbom.4"] == "built"
+    assert statuses["//:app#SbomDraft.3"] == "built"
+    assert statuses["//:app#ImagePackages.1"] == statuses["//:app#SbomPackages.2"] == "built"
     assert statuses["//:base#ImagePackages.1"] == "built"  # the base's scan, reused by //:app's
     spdx = out_json(ws, "//:app", "sbom.spdx.json")
     names = sorted((p["name"], p.get("versionInfo")) for p in spdx["packages"]
@@ -124,6 +127,57 @@ def test_scan_applies_whiteouts_and_opaque_directories_and_reuses_a_base_scan(tm
     assert fresh.layers == [layer.digest for layer in image.layers]
     with pytest.raises(ValueError):
         scan(cas, base, fresh)  # a state that is not a prefix
+
+
+def test_a_bound_draft_is_the_document_written_for_the_image_and_validates(tmp_path):
+    cas = CAS(tmp_path / "cas")
+    lib = b"\x7fELF not really"
+    md5 = __import__("hashlib").md5(lib).hexdigest()
+    state = scan(cas, _image(cas, _tar([
+        ("var/lib/dpkg/status", STATUS.encode()), ("etc/os-release", OS_RELEASE.encode()),
+        ("var/lib/dpkg/status.d/libqq2", STANZA),
+        ("var/lib/dpkg/status.d/libqq2.md5sums", f"{md5}  usr/lib/libqq.so.2\n".encode()),
+        ("usr/lib/libqq.so.2", lib)])))
+    pkgs, distro = packages(cas, state), sbom.os_release(cas, state)
+    assert distro["ID"] == "debian" and state.hashes
+    draft = sbom.draft_subject("//app:img", "linux/arm64/v8", 1700000000)
+    writers = {"spdx": sbom.spdx_json, "cyclonedx": sbom.cyclonedx_json}
+    drafts = {kind: write(draft, pkgs, distro, state.hashes, "forge-test") for kind, write in writers.items()}
+    for digest in ("sha256:" + "f" * 64, "sha256:" + __import__("hashlib").sha256(b"an image").hexdigest()):
+        subject = sbom.ImageSubject(draft.name, digest, draft.platform, draft.epoch)
+        for kind, write in writers.items():
+            bound = sbom.bind(kind, drafts[kind], subject)
+            # byte for byte what the library writes (and validates) for the image itself
+            assert bound == write(subject, pkgs, distro, state.hashes, "forge-test")
+            assert digest.split(":")[1] in bound.decode() and sbom.PLACEHOLDER_DIGEST[7:] not in bound.decode()
+            (tmp_path / f"doc.{kind}.json").write_bytes(bound)
+            (validate_spdx if kind == "spdx" else validate_cyclonedx)(tmp_path / f"doc.{kind}.json")
+    subject = sbom.ImageSubject(draft.name, "sha256:" + "f" * 64, draft.platform, draft.epoch)
+    with pytest.raises(sbom.SbomError, match="not sha256"):
+        sbom.bind("spdx", drafts["spdx"], sbom.ImageSubject(draft.name, "sha256:F00", draft.platform))
+    with pytest.raises(sbom.SbomError, match="not a draft"):  # a document, not a draft
+        sbom.bind("cyclonedx", sbom.bind("cyclonedx", drafts["cyclonedx"], subject), subject)
+    with pytest.raises(sbom.SbomError, match="outside the image's own fields"):
+        hidden = drafts["spdx"].replace(b'"name": "libqq2"', f'"name": "libqq2 {"0" * 64}"'.encode())
+        sbom.bind("spdx", hidden, subject)
+    with pytest.raises(sbom.SbomError, match="not a draft"):  # a draft of another platform
+        sbom.bind("spdx", drafts["spdx"], sbom.ImageSubject(draft.name, subject.digest, "linux/amd64"))
+
+
+def test_an_edit_that_leaves_the_packages_re_binds_the_drafts(forge_workspace):
+    ws = forge_workspace(workspace_files(testdata(BUSYBOX), config=SUPPLY))
+    ws.run("build", "//:app").assert_success()
+    first = out_json(ws, "//:app", "sbom.cdx.json")
+    ws.write({"app/app.conf": "mode = prod\n"})
+    out = ws.run("build", "//:app", "--json").assert_success()
+    assert {"//:app#ImagePackages.1", "//:app#SbomPackages.2", "//:app#Sbom.4"} <= set(out.executed())
+    assert "//:app#SbomDraft.3" not in out.executed()  # the same package state: a cache hit
+    cdx = out_json(ws, "//:app", "sbom.cdx.json")
+    assert cdx["metadata"]["component"]["version"] == target(out, "//:app")["digest"] != \
+        first["metadata"]["component"]["version"]
+    assert cdx["components"] == first["components"]
+    validate_spdx(ws.root / "forge-out/app/sbom.spdx.json")
+    validate_cyclonedx(ws.root / "forge-out/app/sbom.cdx.json")
 
 
 def test_a_misspelt_supply_chain_key_is_a_config_error(forge_workspace):

@@ -101,12 +101,19 @@ def attach_actions(session: Session, targets: list[ConfiguredTarget], analyzer: 
 
 
 def target_results(target: ConfiguredTarget, outcomes: dict[Action, Outcome]) -> dict[Action, Any]:
-    """The results of ``target``'s actions (its default one included) in this build."""
-    actions = list(target.actions)
+    """The results of ``target``'s actions (its default one and attached ones included)
+    and of every action they read, in this build."""
+    todo = list(target.actions)
     default = target.get(DefaultInfo)
-    if default is not None and default.action not in actions:
-        actions.append(default.action)
-    return {a: outcomes[a].result for a in actions if a in outcomes and outcomes[a].result is not None}
+    if default is not None:
+        todo.append(default.action)
+    seen: dict[Action, None] = {}
+    while todo:
+        action = todo.pop()
+        if action not in seen:
+            seen[action] = None
+            todo.extend(action.deps)
+    return {a: outcomes[a].result for a in seen if a in outcomes and outcomes[a].result is not None}
 
 
 def materialized(session: Session, target: ConfiguredTarget, outcomes: dict[Action, Outcome],

@@ -157,7 +157,8 @@ def forge_target_materialized(session: Session, label: Label, results: dict[Acti
 
     :param session: the session (workspace, options, CAS).
     :param label: the target.
-    :param results: the results of the target's actions, attached ones included.
+    :param results: the results of the target's actions, attached ones included, and of
+        every action they read (an index's images among them).
     :param dest: its forge-out directory.
     :returns: nothing.
     """
@@ -170,7 +171,8 @@ def forge_target_pushed(session: Session, label: Label, results: dict[Action, Ac
 
     :param session: the session.
     :param label: the target pushed.
-    :param results: the results of the target's actions, attached ones included.
+    :param results: the results of the build's actions (the target's, attached ones and
+        what they read among them): a plugin picks those about ``digest``.
     :param client: the ``forge.oci.RegistryClient`` of the registry pushed to.
     :param repository: the repository in it.
     :param digest: the manifest (or index) digest pushed.

@@ -89,7 +89,7 @@ def push_summaries(session: Session, summaries: list[TargetSummary], outcomes: d
     hook = getattr(session.pm.hook, "forge_target_pushed", None)
     if hook is not None and hook.get_hookimpls():  # attachments follow the image (the supply chain's referrers)
         label = summaries[0].label
-        results = {a: o.result for a, o in outcomes.items() if a.label == label and o.result is not None}
+        results = {a: o.result for a, o in outcomes.items() if o.result is not None}
         hook(session=session, label=label, results=results, client=client,
              repository=r.repository, digest=pushed)
     return pushed

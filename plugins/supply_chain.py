@@ -145,9 +145,29 @@ def _base_scans(ctx: Any, target: Any) -> list[forge.Action]:
 
 @forge.hookimpl
 def forge_attach_actions(target: Any, ctx: Any) -> list[forge.Action] | None:
+    """An image target gets its SBOM and provenance; an index target, those of each of
+    its images (as buildx attests each platform of a multi-platform push)."""
     s = settings(ctx.workspace, ctx.options)
-    if not (s.sbom or s.provenance) or forge.ImageInfo not in target:
+    if not (s.sbom or s.provenance):
         return None
+    if forge.ImageInfo in target:
+        return _image_attachments(ctx, target, s)
+    if forge.IndexInfo in target:
+        return [a for child in ctx.dependencies(target) if forge.ImageInfo in child
+                for a in _image_attachments(ctx, child, s)]
+    return None
+
+
+def _image_attachments(ctx: Any, target: Any, s: Any) -> list[forge.Action]:
+    """The Sbom and Provenance actions of one image target (declared once per build:
+    an image requested itself and through an index shares them)."""
+    key = ("supply_chain.attachments", target.label)
+    if key not in ctx.memo:
+        ctx.memo[key] = _declare_attachments(ctx, target, s)
+    return ctx.memo[key]
+
+
+def _declare_attachments(ctx: Any, target: Any, s: Any) -> list[forge.Action]:
     info = target[forge.ImageInfo]
     out = []
     if s.sbom:
@@ -257,11 +277,6 @@ def write_provenance(rc: forge.RunContext) -> forge.ActionResult:
 # -- artifacts -------------------------------------------------------------------------------
 
 
-def attached(results: dict[forge.Action, forge.ActionResult]) -> dict[str, tuple[forge.Action, forge.ActionResult]]:
-    """This plugin's results among a target's: by mnemonic (``Sbom``, ``Provenance``)."""
-    return {a.mnemonic: (a, r) for a, r in results.items() if a.mnemonic in (SBOM, PROVENANCE)}
-
-
 def _subject(cas: Any, digest: str) -> dict[str, Any]:
     data = cas.read_bytes(digest)
     media_type = json.loads(data).get("mediaType") or forge.oci.media.OCI_MANIFEST
@@ -275,6 +290,25 @@ def image_digest(results: dict[Any, Any], mine: dict[str, tuple[Any, Any]]) -> s
     image = results.get(action.deps[0])
     top = image.outputs.get("manifest") if image is not None else None
     return top.digest if top is not None else None
+
+
+def by_image(results: dict[Any, Any]) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """This plugin's results grouped by the manifest digest they are about (one group
+    for an image target, one per platform image for an index)."""
+    groups: dict[Any, dict[str, tuple[Any, Any]]] = {}
+    for action, result in attached_all(results):
+        groups.setdefault(action.deps[0], {})[action.mnemonic] = (action, result)
+    out = {}
+    for mine in groups.values():
+        digest = image_digest(results, mine)
+        if digest is not None:
+            out[digest] = mine
+    return out
+
+
+def attached_all(results: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    """This plugin's results among ``results``: the ``Sbom`` and ``Provenance`` ones."""
+    return [(a, r) for a, r in results.items() if a.mnemonic in (SBOM, PROVENANCE)]
 
 
 def artifacts(cas: Any, digest: str, mine: dict[str, tuple[Any, Any]], key: Any | None) -> list[Any]:
@@ -308,40 +342,67 @@ def artifacts(cas: Any, digest: str, mine: dict[str, tuple[Any, Any]], key: Any 
 
 @forge.hookimpl
 def forge_target_materialized(session: Any, label: Any, results: dict[Any, Any], dest: Path) -> None:
-    mine = attached(results)
-    digest = image_digest(results, mine) if mine else None
-    if digest is None or not (Path(dest) / "index.json").is_file():
+    """The documents (and signatures) beside the layout, and the referrers in it: for an
+    image target in its directory, for an index one directory per platform image
+    (``linux-arm64-v8/sbom.spdx.json``…)."""
+    groups = by_image(results)
+    if not groups or not (Path(dest) / "index.json").is_file():
         return
     cas = session.cas
     key = _signing_key(session.workspace, settings(session.workspace, session.options))
-    arts = artifacts(cas, digest, mine, key)
-    for _, result in mine.values():
-        for kind, d in result.outputs.items():
-            if kind in FILES:
-                cas.copy_out(d.digest, Path(dest) / FILES[kind])
-    if key is not None:  # the manifest and the signatures beside the documents, for openssl
-        cas.copy_out(digest, Path(dest) / "manifest.json")
-        sigs = json.loads(cas.read_bytes(arts[-1].digest))["layers"]
-        for layer in sigs:
-            cas.copy_out(layer["digest"], Path(dest) / layer["annotations"][TITLE])
-    forge.supply.referrers.add_to_layout(cas, Path(dest), arts)
+    top = json.loads((Path(dest) / "index.json").read_text())["manifests"][0]["digest"]
+    for digest, mine in sorted(groups.items()):
+        if digest != top and digest not in _index_children(cas, top):
+            continue  # another target's
+        arts = artifacts(cas, digest, mine, key)
+        where = Path(dest) if digest == top else Path(dest) / _platform_dir(cas, digest)
+        where.mkdir(parents=True, exist_ok=True)
+        for _, result in mine.values():
+            for kind, d in result.outputs.items():
+                if kind in FILES:
+                    cas.copy_out(d.digest, where / FILES[kind])
+        if key is not None:  # the manifest and the signatures beside the documents, for openssl
+            cas.copy_out(digest, where / "manifest.json")
+            sigs = json.loads(cas.read_bytes(arts[-1].digest))["layers"]
+            for layer in sigs:
+                cas.copy_out(layer["digest"], where / layer["annotations"][TITLE])
+        forge.supply.referrers.add_to_layout(cas, Path(dest), arts)
+
+
+def _index_children(cas: Any, digest: str) -> list[str]:
+    """The manifest digests an index lists ([] for an image manifest)."""
+    doc = json.loads(cas.read_bytes(digest))
+    return [m["digest"] for m in doc.get("manifests", [])]
+
+
+def _platform_dir(cas: Any, digest: str) -> str:
+    """``linux-arm64-v8``: the directory of one platform image's documents."""
+    manifest = json.loads(cas.read_bytes(digest))
+    config = json.loads(cas.read_bytes(manifest["config"]["digest"]))
+    parts = [config.get("os", "linux"), config.get("architecture", "unknown"), config.get("variant")]
+    return "-".join(p for p in parts if p)
 
 
 @forge.hookimpl
 def forge_target_pushed(session: Any, label: Any, results: dict[Any, Any], client: Any,
                         repository: str, digest: str) -> None:
-    mine = attached(results)
-    if not mine or image_digest(results, mine) != digest:
-        return  # nothing attached, or an index was pushed (its images' referrers are not attached)
-    key = _signing_key(session.workspace, settings(session.workspace, session.options))
-    arts = artifacts(session.cas, digest, mine, key)
-    api = [forge.supply.referrers.push_referrer(client, session.cas, repository, a) for a in arts]
+    """The referrers follow the image: the pushed image's, or each platform image's of a
+    pushed index (a child manifest is its subject, as buildx's attestations are)."""
     import click
 
-    how = "referrers API" if all(api) else f"tag {forge.supply.referrers.fallback_tag(digest)}"
-    kinds = ", ".join(a.artifact_type for a in arts)
-    signed = f", signed by {key.key_id}" if key is not None else ""
-    click.echo(f"pushed {len(arts)} referrers of {digest} ({kinds}{signed}) via the {how}", err=True)
+    groups = by_image(results)
+    wanted = [digest, *_index_children(session.cas, digest)] if groups else []
+    key = _signing_key(session.workspace, settings(session.workspace, session.options)) if wanted else None
+    for subject in wanted:
+        mine = groups.get(subject)
+        if not mine:
+            continue
+        arts = artifacts(session.cas, subject, mine, key)
+        api = [forge.supply.referrers.push_referrer(client, session.cas, repository, a) for a in arts]
+        how = "referrers API" if all(api) else f"tag {forge.supply.referrers.fallback_tag(subject)}"
+        kinds = ", ".join(a.artifact_type for a in arts)
+        signed = f", signed by {key.key_id}" if key is not None else ""
+        click.echo(f"pushed {len(arts)} referrers of {subject} ({kinds}{signed}) via the {how}", err=True)
 
 
 # -- verify ----------------------------------------------------------------------------------

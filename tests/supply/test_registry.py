@@ -3,6 +3,7 @@ which has no referrers API); forge verify checks them and fails on any changed b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -111,3 +112,47 @@ def test_verify_passes_and_fails_after_any_byte_changes_in_the_registry(pushed):
         finally:
             path.write_bytes(original)
     ws.run("verify", ref, "--key", str(public)).assert_success()  # restored
+
+
+INDEX_BUILD = """\
+oci_import(name = "bb", src = "busybox-amd64.tar", platform = "amd64")
+oci_import(name = "bb-arm", src = "busybox-arm64.tar", platform = "arm64")
+layer(name = "dpkg", srcs = glob(["rootfs/**"]), strip_prefix = "rootfs")
+image(name = "app-amd64", base = ":bb", layers = [":dpkg"])
+image(name = "app-arm64", base = ":bb-arm", layers = [":dpkg"])
+image_index(name = "app", images = [":app-amd64", ":app-arm64"])
+"""
+
+
+def test_an_index_gets_the_documents_of_each_platform_image_and_pushes_them(forge_workspace, tmp_path):
+    """As buildx attests each platform of a multi-platform push: every platform image
+    of an index target gets its SBOM and provenance, in forge-out and as referrers whose
+    subject is that image's manifest."""
+    registry = require_registry()
+    files = workspace_files(testdata(BUSYBOX), config=SUPPLY, build=INDEX_BUILD)
+    files["busybox-arm64.tar"] = testdata("busybox-arm64.tar").read_bytes()
+    ws = forge_workspace(files)
+    ws.run("build", "//:app").assert_success()
+    out = ws.root / "forge-out/app"
+    index = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
+    cas_blob = out / "blobs/sha256"
+    children = [m["digest"] for m in json.loads((cas_blob / index[7:]).read_text())["manifests"]]
+    assert len(children) == 2
+    for platform in ("linux-amd64", "linux-arm64-v8"):
+        spdx = json.loads((out / platform / "sbom.spdx.json").read_text())
+        assert {p["name"] for p in spdx["packages"]} >= {"base-files", "libzz1"}
+        assert (out / platform / "provenance.intoto.json").is_file()
+    subjects = set()
+    for blob in cas_blob.iterdir():
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            doc = json.loads(blob.read_bytes())
+            if isinstance(doc, dict) and isinstance(doc.get("subject"), dict) and "artifactType" in doc:
+                subjects.add(doc["subject"]["digest"])  # a referrer artifact manifest
+    assert subjects == set(children)
+    repo = f"forge-test/supply-index-{uuid.uuid4().hex[:12]}"
+    pushed = ws.run("push", "//:app", f"{registry}/{repo}:v1").assert_success()
+    assert pushed.stderr.count("pushed 3 referrers of sha256:") == 2, pushed.stderr
+    for child in children:
+        status, body = _get(f"http://{registry}/v2/{repo}/manifests/sha256-{child[7:]}")
+        assert status == 200
+        assert sorted(m["artifactType"] for m in json.loads(body)["manifests"]) == sorted([SPDX, CDX, INTOTO])

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "forge.rules.builtin",
     "forge.plugins.docker",
+    "forge.plugins.buildah",
     "forge.plugins.qemu",
     "forge.plugins.oci_cache",
     "forge.plugins.cache_push",

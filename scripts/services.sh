@@ -9,6 +9,7 @@
 #   - a second, htpasswd-protected registry on 127.0.0.1:5001 (user forge / forge-secret)
 #   - busybox rootfs tarballs for amd64, arm64 and armhf built from Debian packages
 #   - umoci and skopeo: independent readers of the OCI layouts forge writes (tests use them)
+#   - buildah: the daemonless executor (plugins/buildah.py; its storage lives in forge's cache)
 #
 # Idempotent: anything already installed/running/built is left alone, so a second run is fast.
 # Exits 0 only when every service answers.
@@ -91,7 +92,8 @@ ensure_packages() {
 
 if [[ $PLAN != engine ]]; then
     ensure_packages qemu-user-static binfmt-support docker-registry busybox-static \
-        graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev umoci skopeo
+        graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev umoci skopeo \
+        buildah
 fi
 
 # ---------------------------------------------------------------- docker engine
@@ -386,7 +388,7 @@ elif socket_answers; then
 else
     row "docker engine" "DOWN"; ok=0
 fi
-for tool in umoci skopeo; do
+for tool in umoci skopeo buildah; do
     if version=$("$tool" --version 2>/dev/null | head -n 1); then
         row "$tool" "$version"
     else

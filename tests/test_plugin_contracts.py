@@ -21,7 +21,7 @@ from tests.contract_plugin import MARKER
 
 PLUGIN = '[plugins]\nmodules = ["tests.contract_plugin"]\n'
 DOCKERFILE = "FROM scratch\nCOPY a.txt /a.txt\n"
-REGISTERED = "registered executors: docker, fixed, fixed-other"
+REGISTERED = "registered executors: buildah, docker, fixed, fixed-other"
 
 
 def workspace_toml(build: str = "", cache_dir: str | None = "../remote") -> str:

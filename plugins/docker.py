@@ -99,7 +99,7 @@ def _pools(workspace: Any, table: Any, hosts: dict[str, Any]) -> dict[forge.Plat
             else:
                 url, capacity, tls = entry, 1, None
             if not isinstance(url, str) or not url or "\0" in url or "://" not in url:
-                raise forge.ConfigError(f"{at}: an engine URL (unix://…, tcp://host:port) is needed, "
+                raise forge.ConfigError(f"{at}: an engine URL (unix://…, tcp://host:port, ssh://user@host) is needed, "
                                         f"got {url!r}")
             if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
                 raise forge.ConfigError(f"{at}: capacity should be a whole number ≥ 1, got {capacity!r}")
@@ -132,6 +132,10 @@ def _client_for(url: str, tls: str | None, timeout: float) -> Any:
     certificate of ``tls`` (a DOCKER_CERT_PATH directory) when given."""
     import docker
 
+    if url.startswith("ssh://"):
+        # the system ssh (its config, known_hosts and agent), as the docker CLI does;
+        # the engine's side runs `docker system dial-stdio`
+        return docker.DockerClient(base_url=url, timeout=timeout, use_ssh_client=True)
     if not tls:
         return docker.DockerClient(base_url=url, timeout=timeout)
     config = docker.tls.TLSConfig(client_cert=(f"{tls}/cert.pem", f"{tls}/key.pem"),

@@ -92,7 +92,7 @@ ensure_packages() {
 
 if [[ $PLAN != engine ]]; then
     ensure_packages qemu-user-static binfmt-support docker-registry busybox-static \
-        graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev umoci skopeo \
+        graphviz debootstrap pigz curl ca-certificates gcc libc6-dev zlib1g-dev umoci skopeo openssh-server \
         buildah
 fi
 

@@ -304,3 +304,73 @@ def engine_pool() -> Iterator[list[Engine]]:
     finally:
         for engine in engines:
             engine.stop()
+
+
+@dataclass
+class SshEngine:
+    """The default engine reached over ssh:// (an sshd of the test's own on a loopback
+    port, key login through an ssh-agent of its own; the engine side runs
+    ``docker system dial-stdio``). ``url`` is the member's URL."""
+
+    url: str
+    env: dict[str, str]  # SSH_AUTH_SOCK of the agent holding the key
+    stop: Any
+
+
+def start_ssh_engine(directory: Path) -> SshEngine:
+    """sshd -D with a config, host key and authorized key in ``directory``; the host key is
+    one line of root's known_hosts while it runs (added, then removed exactly)."""
+    from tests.services import require_tool, unavailable
+
+    require_tool("ssh-keygen", "openssh-client")
+    sshd = Path("/usr/sbin/sshd")
+    if not sshd.exists():
+        unavailable("needs sshd (apt-get install openssh-server; scripts/services.sh installs it)")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)],
+                       check=True, capture_output=True)
+    (directory / "authorized_keys").write_text((directory / "user.pub").read_text())
+    port = free_port()
+    (directory / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
+        f"PidFile {directory / 'sshd.pid'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\n")
+    made_run = not Path("/run/sshd").exists()
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(directory / "sshd_config")],
+                              stdout=subprocess.DEVNULL, stderr=open(directory / "sshd.log", "wb"),  # noqa: SIM115
+                              start_new_session=True)
+    agent_sock = directory / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not agent_sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    env = {"SSH_AUTH_SOCK": str(agent_sock)}
+    subprocess.run(["ssh-add", "-q", str(directory / "user")], env={**os.environ, **env}, check=True,
+                   capture_output=True)
+    known = Path("/root/.ssh/known_hosts")
+    known.parent.mkdir(mode=0o700, exist_ok=True)
+    line = f"[127.0.0.1]:{port} {(directory / 'host.pub').read_text().split()[0]} " \
+           f"{(directory / 'host.pub').read_text().split()[1]}\n"
+    with known.open("a") as fh:
+        fh.write(line)
+    while time.monotonic() < deadline + 10:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        time.sleep(0.1)
+
+    def stop() -> None:
+        for proc in (server, agent):
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        with contextlib.suppress(OSError):
+            kept = [x for x in known.read_text().splitlines(keepends=True) if x != line]
+            known.write_text("".join(kept))
+        if made_run:
+            with contextlib.suppress(OSError):
+                Path("/run/sshd").rmdir()
+
+    return SshEngine(f"ssh://root@127.0.0.1:{port}", env, stop)

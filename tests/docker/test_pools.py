@@ -301,3 +301,22 @@ def test_a_tls_member_is_reached_with_its_client_certificate(forge_workspace, do
         assert engine.host in failed.stdout + failed.stderr
     finally:
         engine.stop()
+
+
+@pytest.mark.integration
+def test_an_ssh_member_is_reached_over_ssh(forge_workspace, docker_client, tmp_path):
+    """ssh://root@127.0.0.1:PORT (an sshd of the test's own, key login through its agent):
+    forge's client and the BuildKit CLI both reach the engine through `ssh … docker
+    system dial-stdio`, as the docker CLI does."""
+    remote = engines.start_ssh_engine(tmp_path / "ssh")
+    try:
+        nonce = uuid.uuid4().hex
+        ws = six_ws(forge_workspace, nonce, [f'"{remote.url}"'], cache=tmp_path / "cache", name="ssh")
+        out = ws.run("build", "//app:t0", "--json", env=remote.env).assert_success()
+        (step,) = docker_builds(out.events)
+        assert step["engine"] == remote.url and step["status"] == "built"
+        doctor = ws.run("doctor", env=remote.env)
+        assert any(remote.url in line and line.startswith("[ok  ]") for line in doctor.stdout.splitlines()), \
+            doctor.stdout
+    finally:
+        remote.stop()

@@ -124,6 +124,8 @@ CHAIN_FILES = {
                                     "RUN echo \"$GREETING\" > /step10\n",
     "app/chain/20-Dockerfile-tools": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY tool.sh /tool.sh\n"
                                      "RUN sh /tool.sh > /step20 && cat /step10 >> /step20\n",
+    "app/chain/30-Dockerfile-final": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+                                     "RUN cat /step20 > /final && echo final >> /final\n",
     "app/chain/tool.sh": "echo tool-v1\n",
     "app/BUILD": 'dockerfile_chain(name = "chain", dir = "chain", base = ":busybox-amd64", '
                  'executor = "buildah", build_args = {"GREETING": "hi"})\n',
@@ -134,13 +136,14 @@ CHAIN_FILES = {
 def test_chain_reruns_the_edited_step_only(forge_workspace, buildah):
     ws = busybox_ws(forge_workspace, CHAIN_FILES)
     first = ws.run("build", "//app:chain", "--json", env=NO_ENGINE).assert_success()
-    assert {"//app:chain#DockerBuild.0", "//app:chain#DockerBuild.1"} <= set(first.executed())
+    assert {f"//app:chain#DockerBuild.{i}" for i in range(3)} <= set(first.executed())
     path = ws.root / "app/chain/20-Dockerfile-tools"
     path.write_text(path.read_text() + "RUN echo edited >> /step20\n")
     out = ws.run("build", "//app:chain", "--json", env=NO_ENGINE).assert_success()
-    assert out.executed() == ["//app:chain#DockerBuild.1"]
+    assert out.executed() == ["//app:chain#DockerBuild.1", "//app:chain#DockerBuild.2"]
     cas, image = output_image(ws, out)
     assert tree(cas, image)["step20"][3] == b"tool-v1\nhi\nedited\n"
+    assert tree(cas, image)["final"][3] == b"tool-v1\nhi\nedited\nfinal\n"
     # step 20 reads back its own three layers (COPY, RUN, RUN), not step 10's
     step = next(a for a in out.actions() if a["id"] == "//app:chain#DockerBuild.1")
     assert step["counters"]["engine_to_cas_layers"] == 3
@@ -151,7 +154,7 @@ def test_chain_reruns_the_edited_step_only(forge_workspace, buildah):
     build = ws.root / "app/BUILD"
     build.write_text(build.read_text().replace('"GREETING": "hi"', '"GREETING": "ho"'))
     out = ws.run("build", "//app:chain", "--json", env=NO_ENGINE).assert_success()
-    assert out.executed() == ["//app:chain#DockerBuild.0", "//app:chain#DockerBuild.1"]
+    assert out.executed() == [f"//app:chain#DockerBuild.{i}" for i in range(3)]
     assert tree(*output_image(ws, out))["step20"][3] == b"tool-v1\nho\nedited\n"
 
 

@@ -124,7 +124,7 @@ class BuildContext:
 
 
 def build_context_of(ctx: forge.AnalysisContext, context: Any, legacy: list[str],
-                     legacy_root: str = "") -> BuildContext:
+                     legacy_root: str = "", legacy_srcs: list[str] | tuple[str, ...] = ()) -> BuildContext:
     """The context a target's steps read: its ``context`` attribute (a directory or a
     filegroup), else the package files ``legacy`` (``srcs``, and a chain's folder) rooted
     at ``legacy_root``. The root's ``.dockerignore`` applies in every case."""
@@ -146,6 +146,10 @@ def build_context_of(ctx: forge.AnalysisContext, context: Any, legacy: list[str]
         names = {(rel[len(root) + 1:] if root and rel.startswith(root + "/") else rel): rel
                  for rel in dict.fromkeys(legacy)}
         ignore_dir = Path(ctx.package_dir) / root
+    if context is not None and legacy_srcs:
+        named = context if isinstance(context, forge.ContextDir) else context.label
+        raise ctx.fail(f"srcs and context are both set: with context = {named}, the context is "
+                       "that directory or filegroup; drop srcs")
     patterns = read_dockerignore(ignore_dir)
     kept = apply_dockerignore(names, patterns) if patterns else list(names)
     entries = {name: names[name] for name in kept if name != ".dockerignore"}
@@ -254,7 +258,7 @@ class Dockerfile(forge.Rule):
         platform = forge.image_platform(
             ctx, a.base if a.base is not None else next(iter(a.images.values()), None))
         action = declare_build(
-            ctx, dockerfile=a.dockerfile, context=build_context_of(ctx, a.context, list(a.srcs)),
+            ctx, dockerfile=a.dockerfile, context=build_context_of(ctx, a.context, list(a.srcs), legacy_srcs=a.srcs),
             base=a.base, images=a.images, secrets=a.secrets, ssh=a.ssh,
             build_args=a.build_args, args_file=a.args_file, target=a.target, network=a.network,
             platform=platform, description=a.dockerfile + (f" --target {a.target}" if a.target else ""),
@@ -342,7 +346,7 @@ class DockerfileChain(forge.Rule):
             f"{a.dir}/{p.relative_to(directory)}" for p in directory.rglob("*")
             if p.is_file() and not CHAIN_FILE.match(p.name) and not p.name.endswith("-args")
         ) + list(a.srcs)
-        context = build_context_of(ctx, a.context, legacy, legacy_root=a.dir.strip("/"))
+        context = build_context_of(ctx, a.context, legacy, legacy_root=a.dir.strip("/"), legacy_srcs=a.srcs)
         files = [f for _, _, f in steps]
         for name in a.steps:
             if name not in files:

@@ -181,3 +181,12 @@ def test_a_filegroup_is_a_context_rooted_at_its_package(forge_workspace, docker_
     assert sorted(listing) == ["/src/docker/Dockerfile", "/src/languages/c/a.c", "/src/third-party/lib/VERSION"]
     (ws.root / "docs/x.md").write_text("changed\n")
     assert ws.run("build", "//docker:img", "--json").assert_success().executed() == []
+
+
+def test_srcs_and_context_together_are_an_error(forge_workspace):
+    ws = busybox_ws(forge_workspace, {
+        "app/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY a.txt /\n", "app/a.txt": "a\n",
+        "app/BUILD": 'dockerfile(name = "img", base = ":busybox-amd64", context = ".", srcs = ["a.txt"])\n',
+    })
+    out = ws.run("build", "//app:img", "--dry-run").assert_failure()
+    assert "srcs and context are both set: with context = //app" in out.stderr

@@ -19,7 +19,7 @@ from forge.core.oci.compression import open_decompressed
 from forge.core.oci.image import load_image
 from forge.core.oci.validate import validate_image
 from tests.docker.test_dockerfile import DOCKERFILE, busybox_ws  # COPY . /ctx/ + RUN + CMD
-from tests.services import require_binfmt, require_tool
+from tests.services import require_binfmt, require_tool, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_copy_run_builds_without_an_engine_then_hits_the_cache(forge_workspace, 
     if platform == "aarch64":
         require_binfmt("aarch64")
     if "oci" in settings and shutil.which("runc") is None:
-        pytest.skip("isolation = \"oci\" needs runc (Debian's runc package), which is optional")
+        unavailable("isolation = \"oci\" needs runc (Debian's runc package; docker.io brings it)")
     ws = busybox_ws(forge_workspace, {
         "WORKSPACE.toml": workspace_toml(settings),
         "app/Dockerfile": DOCKERFILE, "app/msg.txt": "declared\n", "app/other.txt": "undeclared\n",
@@ -271,7 +271,9 @@ def test_heredoc_is_refused_before_the_build(forge_workspace, buildah):
     version = subprocess.run(["buildah", "version"], capture_output=True, text=True).stdout
     found = re.search(r"^Version:\s*(\d+)\.(\d+)", version, re.MULTILINE)
     if found and (int(found.group(1)), int(found.group(2))) >= (1, 33):
-        pytest.skip(f"buildah {found.group(0).split()[-1]} reads heredocs (1.33+)")
+        # a buildah that reads heredocs builds the step: nothing to refuse
+        ws.run("build", "//app:img", env=NO_ENGINE).assert_success()
+        return
     out = ws.run("build", "//app:img", env=NO_ENGINE).assert_failure(1)
     assert "app/Dockerfile:3: RUN with a heredoc (<<EOF) needs buildah 1.33 or later" in out.stderr
     assert "STEP" not in out.stderr  # refused before buildah ran

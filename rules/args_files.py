@@ -64,9 +64,9 @@ class MinimizeArgs:
 
 
 def read_args_lines(path: Path, display: str) -> Iterator[tuple[int, str, str]]:
-    """``(line number, key, value)`` of an args file, with the rules of the chain's
-    ``parse_args_file``: ``KEY=VALUE`` per line, ``#`` comments and blank lines skipped,
-    one pair of surrounding quotes removed."""
+    """``(line number, key, value)`` of an args file (a chain step's and minimize's):
+    ``KEY=VALUE`` per line, ``#`` comments and blank lines skipped, one pair of surrounding
+    quotes removed; a broken line is an error naming file:line, never echoing it."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -26,12 +26,11 @@ from typing import Any
 
 import forge
 from forge import attr
-from forge.rules.args_files import orphan_args_files, platform_spellings
+from forge.rules.args_files import orphan_args_files, platform_spellings, read_args_lines
 from forge.rules.dockerfile_context import apply_dockerignore, context_use, read_dockerignore
 from forge.rules.dockerfile_refs import check_image_references
 
 CHAIN_FILE = re.compile(r"^(\d+)-Dockerfile-(.+)$")
-_ARG_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 DOCKERFILE_DOC = """One Dockerfile (optionally one stage of it) built on an executor (docker by
 default; see `executor`).
@@ -91,23 +90,9 @@ DOCKERFILE_ATTRS = {
 
 
 def parse_args_file(path: Path, display: str) -> dict[str, str]:
-    """``KEY=VALUE`` per line, ``#`` comments and blank lines allowed; errors name file:line."""
-    out: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _ARG_LINE.match(line)
-        if not m:
-            # The line itself is never echoed: args files hold tokens and passwords.
-            what = "no '='" if "=" not in line else "the part before '=' is not a variable name"
-            raise forge.BuildFileError(f"{display}:{number}: expected KEY=VALUE ({what}; the line is "
-                                 "not shown, it may hold a secret)")
-        value = m.group(2)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        out[m.group(1)] = value
-    return out
+    """``KEY=VALUE`` per line, ``#`` comments and blank lines allowed; errors name file:line
+    (forge.rules.args_files.read_args_lines; a later line of a key wins, as Atom's loop)."""
+    return {key: value for _, key, value in read_args_lines(path, display)}
 
 
 @dataclass(frozen=True)

@@ -327,7 +327,8 @@ class DockerfileChain(forge.Rule):
         if len(set(numbers)) != len(numbers):
             raise ctx.fail(f"two files share a number in {a.dir}/: {[f for _, _, f in steps]}")
         platform = forge.image_platform(ctx, a.base)
-        legacy = sorted(
+        # without `context`, the folder's other files and srcs (not listed when it is set)
+        legacy = [] if a.context is not None else sorted(
             f"{a.dir}/{p.relative_to(directory)}" for p in directory.rglob("*")
             if p.is_file() and not CHAIN_FILE.match(p.name) and not p.name.endswith("-args")
         ) + list(a.srcs)

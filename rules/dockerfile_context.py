@@ -340,45 +340,44 @@ class _Expander:
 
     def _process(self, s: str, i: int, stop: str, errors: list[str]) -> tuple[str, int]:
         out, n, esc = [], len(s), self.esc
+        quoted = False  # inside "...": only ", $ and the escape are special
         while i < n:
             c = s[i]
-            if stop and c == stop:
-                break
-            if c == "'":  # everything literal up to the next '
-                j = s.find("'", i + 1)
-                if j < 0:
-                    errors.append("it has an unterminated ' quote")
-                    return "".join(out), n
-                out.append(s[i + 1:j])
-                i = j + 1
-            elif c == '"':
-                i += 1
-                while True:
-                    if i >= n:
-                        errors.append('it has an unterminated " quote')
+            if quoted:
+                if c == '"':
+                    quoted, i = False, i + 1
+                    continue
+                if c == esc and i + 1 < n and s[i + 1] in ('"', "$", esc):
+                    out.append(s[i + 1])  # only these can be escaped in "..."
+                    i += 2
+                    continue
+            else:
+                if stop and c == stop:
+                    break
+                if c == "'":  # everything literal up to the next '
+                    j = s.find("'", i + 1)
+                    if j < 0:
+                        errors.append("it has an unterminated ' quote")
                         return "".join(out), n
-                    c = s[i]
-                    if c == '"':
-                        i += 1
-                        break
-                    if c == esc and i + 1 < n and s[i + 1] in ('"', "$", esc):
-                        out.append(s[i + 1])  # only these can be escaped in "..."
-                        i += 2
-                    elif c == "$":
-                        text, i = self._dollar(s, i, errors)
-                        out.append(text)
-                    else:
-                        out.append(c)
-                        i += 1
-            elif c == esc:  # the next character is literal; a trailing escape is dropped
-                out.append(s[i + 1:i + 2])
-                i += 2
-            elif c == "$":
+                    out.append(s[i + 1:j])
+                    i = j + 1
+                    continue
+                if c == '"':
+                    quoted, i = True, i + 1
+                    continue
+                if c == esc:  # the next character is literal; a trailing escape is dropped
+                    out.append(s[i + 1:i + 2])
+                    i += 2
+                    continue
+            if c == "$":
                 text, i = self._dollar(s, i, errors)
                 out.append(text)
             else:
                 out.append(c)
                 i += 1
+        if quoted:
+            errors.append('it has an unterminated " quote')
+            return "".join(out), n
         return "".join(out), i
 
     def _dollar(self, s: str, i: int, errors: list[str]) -> tuple[str, int]:
